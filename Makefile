@@ -1,0 +1,42 @@
+# proxyd: the two set-up commands are `make run` and `make test` (as root on Debian).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= config/proxyd.yaml
+
+# Debian packages: what proxyd needs to run, and the real clients and servers the tests drive.
+RUN_DEBS := python3-venv ca-certificates
+TEST_DEBS := curl git wget openssh-client openssh-server squid apache2-utils \
+             libcurl4-openssl-dev libssl-dev build-essential
+
+.PHONY: run test lint typecheck unit integration debs-run debs-test clean
+
+$(BIN)/proxyd: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+debs-run:
+	@bash .ci/apt-install $(RUN_DEBS)
+
+debs-test:
+	@bash .ci/apt-install $(RUN_DEBS) $(TEST_DEBS)
+
+run: debs-run $(BIN)/proxyd
+	@$(BIN)/proxyd check-config $(CONFIG)
+	@$(BIN)/proxyd serve --config $(CONFIG) --first-run-hint
+
+lint: $(BIN)/proxyd
+	$(BIN)/ruff check proxy tests
+	$(BIN)/ruff format --check proxy tests
+
+typecheck: $(BIN)/proxyd
+	$(BIN)/mypy
+
+test: debs-test $(BIN)/proxyd lint typecheck
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) *.egg-info .mypy_cache .ruff_cache .pytest_cache

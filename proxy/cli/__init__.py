@@ -1,0 +1,1 @@
+"""The `proxyd` command line: `main(argv) -> int`, one module per subcommand."""

@@ -1,0 +1,69 @@
+"""`proxyd check-config` and `proxyd explain`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+
+from .. import config
+from ..addresses import IPAddress, canonical_ip, format_hostport
+from ..errors import BadDestination, ConfigError
+from ..executors.resolver import ResolveError, Resolver, load_hosts
+from ..executors.userfile import read_users
+from ..gate import parse_target
+
+
+def run_check(args: argparse.Namespace) -> int:
+    try:
+        cfg = config.load(args.file)
+        load_hosts(cfg.hosts_file)
+    except ConfigError as e:
+        for problem in e.problems:
+            print(problem)
+        print(f"{args.file}: {len(e.problems)} error(s)")
+        return 1
+    print(f"{args.file}: OK ({len(cfg.policy.zones)} zones, {len(cfg.policy.rules)} rules)")
+    return 0
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    try:
+        source = canonical_ip(ipaddress.ip_address(args.source))
+    except ValueError:
+        raise BadDestination(f"--from: not an IP address: {args.source!r}") from None
+    host, sep, port_text = args.target.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise BadDestination(f"--to: expected HOST:PORT, got {args.target!r}")
+    target = parse_target(host, int(port_text))
+    addresses: tuple[IPAddress, ...]
+    if target.literal is not None:
+        addresses = (target.literal,)
+    else:
+        assert target.name is not None
+        resolver = Resolver(load_hosts(cfg.hosts_file), cfg.dns_timeout)
+        try:
+            addresses = asyncio.run(resolver.resolve(target.name, target.port))
+        except ResolveError as e:
+            print(f"deny: {e}")
+            return 1
+        print(f"{target.name} resolves to {', '.join(map(str, addresses))}")
+    authenticated = False
+    if args.user:
+        users = read_users(cfg.auth.users_file)
+        user = users.get(args.user)
+        if user is None or user.realm != cfg.realm:
+            print(f"note: no user {args.user!r} in realm {cfg.realm!r}; treated as anonymous")
+        else:
+            authenticated = True
+    for address in addresses:
+        rule = cfg.policy.first_match(source, address, target.port)
+        where = format_hostport(address, target.port)
+        if rule is None:
+            print(f"  {source} -> {where}: no rule matches")
+        else:
+            print(f"  {source} -> {where}: rule {rule.name!r} (auth: {rule.auth.value})")
+    decision = cfg.policy.decide(source, addresses, target.port, authenticated)
+    print(f"{decision.verdict.value}: {decision.reason}")
+    return 0 if decision.allowed else 1

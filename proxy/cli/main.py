@@ -1,0 +1,80 @@
+"""`proxyd` entry point: one argparse tree, dispatch, and one place that maps errors to exits."""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..config import DEFAULT_CONFIG
+from ..errors import ProxydError
+from ..users import BadUserInput
+
+
+class Exit(enum.IntEnum):
+    OK = 0
+    ERROR = 1  # expected failure: bad config, bad input, refused
+    USAGE = 2  # argparse's own
+    BUG = 3
+    INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import check, serve, users
+
+    parser = argparse.ArgumentParser(
+        prog="proxyd", description="Digest-authenticating forward proxy with CIDR zones."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the proxy")
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    p.add_argument("--first-run-hint", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=serve.run)
+
+    p = sub.add_parser("check-config", help="validate a config file")
+    p.add_argument("file", type=Path)
+    p.set_defaults(func=check.run_check)
+
+    p = sub.add_parser("explain", help="show the decision for a source, destination and user")
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    p.add_argument("--from", dest="source", required=True, metavar="IP")
+    p.add_argument("--to", dest="target", required=True, metavar="HOST:PORT")
+    p.add_argument("--user", metavar="NAME")
+    p.set_defaults(func=check.run_explain)
+
+    users.add_parser(sub)
+    return parser
+
+
+def configure_logging() -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("mitmproxy").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ProxydError, BadUserInput) as e:
+        print(f"proxyd: error: {e}", file=sys.stderr)
+        return Exit.ERROR
+    except KeyboardInterrupt:
+        return Exit.INTERRUPTED
+    except BrokenPipeError:
+        return Exit.ERROR
+    except Exception:
+        logging.getLogger("proxyd").exception("proxyd: internal error (a bug, please report)")
+        return Exit.BUG
+
+
+def entry() -> None:
+    sys.exit(main())

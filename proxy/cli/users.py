@@ -1,0 +1,171 @@
+"""`proxyd users …`: the Digest users file, edited under a lock and written atomically 0600."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import secrets
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from passlib.apache import HtdigestFile
+
+from .. import config
+from ..digest import UserSecrets
+from ..errors import ConfigError
+from ..executors.files import atomic_write, locked
+from ..executors.userfile import read_users
+from ..users import BadUserInput, check_password, check_username, format_users, make_user
+
+GENERATED_PASSWORD_BYTES = 18  # 24 characters of base64url
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("users", help="manage Digest users")
+    p.add_argument("--config", type=Path, default=config.DEFAULT_CONFIG)
+    users = p.add_subparsers(dest="users_command", required=True, metavar="ACTION")
+
+    for action, func, helptext in (
+        ("add", run_add, "add a user"),
+        ("passwd", run_passwd, "set a user's password"),
+    ):
+        q = users.add_parser(action, help=helptext)
+        q.add_argument("name")
+        source = q.add_mutually_exclusive_group()
+        source.add_argument("--password-stdin", action="store_true", help="read it from stdin")
+        source.add_argument("--generate", action="store_true", help="generate and print one")
+        q.set_defaults(func=func)
+
+    q = users.add_parser("remove", help="remove a user")
+    q.add_argument("name")
+    q.set_defaults(func=run_remove)
+
+    q = users.add_parser("list", help="list users")
+    q.set_defaults(func=run_list)
+
+    q = users.add_parser("import", help="import an Apache htdigest file")
+    q.add_argument("file", type=Path)
+    q.add_argument("--replace", action="store_true", help="overwrite users that exist")
+    q.set_defaults(func=run_import)
+
+
+def read_password(args: argparse.Namespace) -> tuple[str, bool]:
+    """(password, generated). Never from the command line, where `ps` would show it."""
+    if args.generate:
+        return secrets.token_urlsafe(GENERATED_PASSWORD_BYTES), True
+    if args.password_stdin:
+        line = sys.stdin.readline()
+        return check_password(line.removesuffix("\n").removesuffix("\r")), False
+    if not sys.stdin.isatty():
+        raise BadUserInput("no password: use --password-stdin or --generate")
+    first = getpass.getpass("Password: ")
+    if first != getpass.getpass("Again: "):
+        raise BadUserInput("the passwords differ")
+    return check_password(first), False
+
+
+def edit_users(
+    cfg: config.Config, change: Callable[[dict[str, UserSecrets]], None]
+) -> dict[str, UserSecrets]:
+    """Read, change and rewrite the users file under its lock; nothing written on error."""
+    path = cfg.auth.users_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with locked(path):
+        users = read_users(path)
+        change(users)
+        atomic_write(path, format_users(users.values()).encode("utf-8"))
+    return users
+
+
+def _set_password(args: argparse.Namespace, must_exist: bool) -> int:
+    cfg = config.load(args.config)
+    name = check_username(args.name)
+
+    def precheck(users: dict[str, UserSecrets]) -> None:
+        if must_exist and name not in users:
+            raise BadUserInput(f"no such user: {name}")
+        if not must_exist and name in users:
+            raise BadUserInput(f"user exists: {name} (use `users passwd`)")
+
+    # Check before asking for a password, then again under the lock.
+    precheck(read_users(cfg.auth.users_file))
+    password, generated = read_password(args)
+
+    def change(users: dict[str, UserSecrets]) -> None:
+        precheck(users)
+        users[name] = make_user(name, cfg.realm, password)
+
+    edit_users(cfg, change)
+    if generated:
+        print(password)
+    print(f"{'password set for' if must_exist else 'added'} {name}", file=sys.stderr)
+    return 0
+
+
+def run_add(args: argparse.Namespace) -> int:
+    return _set_password(args, must_exist=False)
+
+
+def run_passwd(args: argparse.Namespace) -> int:
+    return _set_password(args, must_exist=True)
+
+
+def run_remove(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    name = check_username(args.name)
+
+    def change(users: dict[str, UserSecrets]) -> None:
+        if users.pop(name, None) is None:
+            raise BadUserInput(f"no such user: {name}")
+
+    edit_users(cfg, change)
+    print(f"removed {name}", file=sys.stderr)
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    users = read_users(cfg.auth.users_file)
+    print(f"{'NAME':<24} {'ALGORITHMS':<14} NOTE")
+    for user in sorted(users.values(), key=lambda u: u.name):
+        algorithms = ",".join(a for a in ("MD5", "SHA-256") if a in user.ha1)
+        notes = []
+        if "SHA-256" not in user.ha1:
+            notes.append("MD5 only until the password is set again")
+        if user.realm != cfg.realm:
+            notes.append(f"realm {user.realm!r} differs from {cfg.realm!r}: cannot log in")
+        print(f"{user.name:<24} {algorithms:<14} {'; '.join(notes)}")
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    try:
+        htdigest = HtdigestFile(str(args.file), default_realm=cfg.realm)
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise ConfigError([f"{args.file}: cannot read htdigest file: {e}"]) from e
+    imported: list[UserSecrets] = []
+    for realm in htdigest.realms():
+        for name in htdigest.users(realm):
+            if realm != cfg.realm:
+                print(f"skipped {name}: realm {realm!r} is not {cfg.realm!r}", file=sys.stderr)
+                continue
+            check_username(name)
+            ha1 = htdigest.get_hash(name, realm)
+            assert ha1 is not None
+            imported.append(UserSecrets(name, realm, {"MD5": ha1.decode("ascii").lower()}))
+    added: list[str] = []
+
+    def change(users: dict[str, UserSecrets]) -> None:
+        for user in imported:
+            if user.name in users and not args.replace:
+                print(f"skipped {user.name}: exists (use --replace)", file=sys.stderr)
+                continue
+            users[user.name] = user
+            added.append(user.name)
+
+    edit_users(cfg, change)
+    print(f"imported {len(added)} user(s) (MD5 only until their password is set again)")
+    return 0

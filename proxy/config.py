@@ -1,0 +1,348 @@
+"""The config file: YAML in, a frozen `Config` out, every error located (`file:line: key: ...`).
+
+Validation gathers all errors rather than stopping at the first, so `check-config` shows
+an operator everything wrong in one run. Nothing here touches the network or writes files.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import netaddr
+
+from . import yamlloc
+from .digest import ALGORITHMS
+from .errors import ConfigError
+from .policy import AddressSet, AuthMode, Policy, PortRange, Rule
+from .yamlloc import Located
+from .yamlloc import Path as KeyPath
+
+T = TypeVar("T")
+
+DEFAULT_CONFIG = Path("config/proxyd.yaml")
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+_REALM_RE = re.compile(r"^[A-Za-z0-9 ._@-]{1,64}$")
+RESERVED_SELECTORS = frozenset({"any"})
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    users_file: Path
+    nonce_secret_file: Path
+    nonce_lifetime: int
+    algorithms: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Config:
+    source: Path
+    listen_host: str
+    listen_port: int
+    realm: str
+    auth: AuthConfig
+    hosts_file: Path | None
+    dns_timeout: float
+    connect_timeout: float
+    policy: Policy
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` -> (host, port). ValueError with a message otherwise."""
+    m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\[\]]*):(\d+)", text)
+    if not m:
+        raise ValueError(f"expected host:port or [v6]:port, got {text!r}")
+    host = m.group(1) if m.group(1) is not None else m.group(3)
+    port = int(m.group(2) or m.group(4))
+    if port > 65535:
+        raise ValueError(f"port out of range: {port}")
+    if m.group(1) is not None:
+        ipaddress.IPv6Address(host)  # raises ValueError naming the address
+    return host, port
+
+
+class _Checker:
+    """Reads typed values out of the located document, recording errors instead of raising."""
+
+    def __init__(self, doc: Located) -> None:
+        self.doc = doc
+        self.errors: list[str] = []
+
+    def error(self, path: KeyPath, message: str) -> None:
+        self.errors.append(f"{self.doc.where(path)}: {message}")
+
+    def mapping(self, value: Any, path: KeyPath, known: set[str]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.error(path, f"must be a mapping, not {type(value).__name__}")
+            return {}
+        for key in value:
+            if key not in known:
+                self.error((*path, key), f"unknown key (known: {', '.join(sorted(known))})")
+        return value
+
+    def field(
+        self,
+        mapping: dict[str, Any],
+        path: KeyPath,
+        key: str,
+        convert: Callable[[Any], T],
+        default: T | None = None,
+        required: bool = False,
+    ) -> T | None:
+        if key not in mapping or mapping[key] is None:
+            if required:
+                self.error((*path, key), "required")
+            return default
+        try:
+            return convert(mapping[key])
+        except (TypeError, ValueError) as e:
+            self.error((*path, key), str(e))
+            return default
+
+    def items(self, value: Any, path: KeyPath) -> list[Any]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.error(path, f"must be a list, not {type(value).__name__}")
+            return []
+        return value
+
+
+def _integer(low: int, high: int) -> Callable[[Any], int]:
+    def convert(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"must be a whole number, not {value!r}")
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}, not {value}")
+        return value
+
+    return convert
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
+        raise ValueError(f"must be a number of seconds in (0, 3600], not {value!r}")
+    return float(value)
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"must be a non-empty string, not {value!r}")
+    return value
+
+
+def _realm(value: Any) -> str:
+    # The realm is quoted into every challenge header: no quotes, backslashes or controls.
+    if not isinstance(value, str) or not _REALM_RE.match(value):
+        raise ValueError("must be 1-64 characters of letters, digits, space and ._@-")
+    return value
+
+
+def _network(text: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    if not isinstance(text, str):
+        raise ValueError(f"must be a CIDR string such as 10.0.0.0/8, not {text!r}")
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as e:
+        raise ValueError(f"invalid CIDR {text!r}: {e}") from e
+
+
+def _auth_mode(value: Any) -> AuthMode:
+    try:
+        return AuthMode(value)
+    except ValueError:
+        raise ValueError(f"must be 'none' or 'required', not {value!r}") from None
+
+
+def _port_range(value: Any) -> PortRange:
+    if isinstance(value, int) and not isinstance(value, bool):
+        low = high = value
+    elif isinstance(value, str) and re.fullmatch(r"\d{1,5}-\d{1,5}", value):
+        low, high = (int(p) for p in value.split("-"))
+    else:
+        raise ValueError(f"must be a port number or an 'a-b' range, not {value!r}")
+    if not 1 <= low <= high <= 65535:
+        raise ValueError(f"invalid port range {value!r} (1-65535, low <= high)")
+    return PortRange(low, high)
+
+
+class _Builder:
+    def __init__(self, doc: Located, source: Path) -> None:
+        self.c = _Checker(doc)
+        self.source = source
+        self.base = source.parent
+
+    def path(self, value: Any) -> Path:
+        p = Path(_string(value))
+        return p if p.is_absolute() else self.base / p
+
+    def build(self) -> Config:
+        c = self.c
+        top = c.mapping(
+            c.doc.value,
+            (),
+            {"listen", "realm", "auth", "dns", "zones", "rules", "connect_timeout"},
+        )
+        if not top and c.doc.value is None:
+            c.error((), "the config file is empty")
+        listen = c.field(top, (), "listen", lambda v: parse_hostport(_string(v)), ("0.0.0.0", 3128))  # noqa: S104 (a proxy for partners listens publicly)
+        realm = c.field(top, (), "realm", _realm, "proxyd")
+        auth = self.auth(top.get("auth"))
+        dns = c.mapping(top.get("dns"), ("dns",), {"hosts_file", "timeout"})
+        hosts_file = c.field(dns, ("dns",), "hosts_file", self.path)
+        dns_timeout = c.field(dns, ("dns",), "timeout", _seconds, 5.0)
+        connect_timeout = c.field(top, (), "connect_timeout", _seconds, 10.0)
+        zones = self.zones(top.get("zones"))
+        rules = self.rules(top.get("rules"), zones)
+        if c.errors:
+            raise ConfigError(c.errors)
+        assert listen and realm and auth and dns_timeout and connect_timeout
+        return Config(
+            source=self.source,
+            listen_host=listen[0],
+            listen_port=listen[1],
+            realm=realm,
+            auth=auth,
+            hosts_file=hosts_file,
+            dns_timeout=dns_timeout,
+            connect_timeout=connect_timeout,
+            policy=Policy(zones=zones, rules=tuple(rules)),
+        )
+
+    def auth(self, value: Any) -> AuthConfig | None:
+        c, path = self.c, ("auth",)
+        if value is None:
+            c.error(path, "required (users_file and nonce_secret_file)")
+            return None
+        auth = c.mapping(
+            value, path, {"users_file", "nonce_secret_file", "nonce_lifetime", "algorithms"}
+        )
+        users_file = c.field(auth, path, "users_file", self.path, required=True)
+        secret_file = c.field(auth, path, "nonce_secret_file", self.path, required=True)
+        lifetime = c.field(auth, path, "nonce_lifetime", _integer(1, 86400), 300)
+        algorithms: list[str] = []
+        for i, alg in enumerate(
+            c.items(auth.get("algorithms", ["MD5", "SHA-256"]), (*path, "algorithms"))
+        ):
+            if alg not in ALGORITHMS:
+                c.error((*path, "algorithms", i), f"unknown algorithm {alg!r} (MD5, SHA-256)")
+            elif alg in algorithms:
+                c.error((*path, "algorithms", i), f"{alg} listed twice")
+            else:
+                algorithms.append(alg)
+        if "algorithms" in auth and not algorithms and not c.errors:
+            c.error((*path, "algorithms"), "at least one algorithm is needed")
+        if users_file is None or secret_file is None or lifetime is None:
+            return None
+        return AuthConfig(users_file, secret_file, lifetime, tuple(algorithms))
+
+    def zones(self, value: Any) -> dict[str, netaddr.IPSet]:
+        c, zones = self.c, {}
+        if not isinstance(value, dict):
+            if value is not None:
+                c.error(("zones",), "must be a mapping of zone name to a list of CIDRs")
+            return {}
+        for name, cidrs in value.items():
+            path: KeyPath = ("zones", name)
+            if not _NAME_RE.match(name) or name in RESERVED_SELECTORS:
+                c.error(path, "zone names are lower-case letters, digits, '_.-', not 'any'")
+                continue
+            items = c.items(cidrs, path)
+            if not items:
+                c.error(path, "a zone needs at least one CIDR")
+            networks = netaddr.IPSet()
+            for i, text in enumerate(items):
+                try:
+                    networks.add(str(_network(text)))
+                except ValueError as e:
+                    c.error((*path, i), str(e))
+            zones[name] = networks
+        return zones
+
+    def address_set(
+        self, value: Any, path: KeyPath, zones: dict[str, netaddr.IPSet], allow_any: bool
+    ) -> AddressSet:
+        c = self.c
+        items = c.items(value, path)
+        if not items and isinstance(value, list):
+            c.error(path, "must name at least one zone, CIDR or 'any'")
+        networks = netaddr.IPSet()
+        labels: list[str] = []
+        for i, item in enumerate(items):
+            if item == "any":
+                if not allow_any:
+                    c.error((*path, i), "'any' destination would make an open proxy; name zones")
+                    continue
+                return AddressSet(("any",), None)
+            if isinstance(item, str) and item in zones:
+                networks |= zones[item]
+                labels.append(item)
+            elif isinstance(item, str) and re.fullmatch(r"[0-9a-fA-F:.]+(/\d+)?", item):
+                try:
+                    networks.add(str(_network(item)))
+                    labels.append(item)
+                except ValueError as e:
+                    c.error((*path, i), str(e))
+            else:
+                c.error((*path, i), f"unknown zone {item!r}")
+        return AddressSet(tuple(labels), networks)
+
+    def rules(self, value: Any, zones: dict[str, netaddr.IPSet]) -> list[Rule]:
+        c, rules, names = self.c, [], set()
+        for i, item in enumerate(c.items(value, ("rules",))):
+            path: KeyPath = ("rules", i)
+            r = c.mapping(item, path, {"name", "from", "to", "ports", "auth"})
+            if not r:
+                if isinstance(item, dict):
+                    c.error(path, "empty rule")
+                continue
+            name = c.field(r, path, "name", _string, required=True)
+            if name is not None:
+                path = ("rules", i)
+                if name in names:
+                    c.error((*path, "name"), f"duplicate rule name {name!r}")
+                names.add(name)
+            for key in ("from", "to", "ports"):
+                if key not in r:
+                    c.error((*path, key), "required")
+            sources = self.address_set(r.get("from"), (*path, "from"), zones, allow_any=True)
+            destinations = self.address_set(r.get("to"), (*path, "to"), zones, allow_any=False)
+            ports: list[PortRange] = []
+            port_items = c.items(r.get("ports"), (*path, "ports"))
+            if "ports" in r and not port_items:
+                c.error((*path, "ports"), "must list at least one port")
+            for j, p in enumerate(port_items):
+                try:
+                    ports.append(_port_range(p))
+                except ValueError as e:
+                    c.error((*path, "ports", j), str(e))
+            auth = c.field(r, path, "auth", _auth_mode, AuthMode.REQUIRED)
+            rules.append(
+                Rule(
+                    name or f"rule{i}",
+                    sources,
+                    destinations,
+                    tuple(ports),
+                    auth or AuthMode.REQUIRED,
+                )
+            )
+        return rules
+
+
+def parse(text: str, source: Path) -> Config:
+    """Validate a config document. Raises ConfigError listing every problem."""
+    return _Builder(yamlloc.load(text, str(source)), source).build()
+
+
+def load(path: Path) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"{path}: cannot read: {e}"]) from e
+    return parse(text, path)

@@ -1,0 +1,334 @@
+"""HTTP Digest access authentication for a proxy (RFC 7616), sans-IO.
+
+Values in, decisions out: the caller passes the header text, the request method and
+target, the clock and the random bytes. Nonces are stateless (timestamp, random, HMAC with
+a shared secret), so every replica holding the secret verifies every other's nonces.
+Replay protection is a per-process sliding window of nonce counts per nonce.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import struct
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+
+from .errors import AuthFailure, MalformedCredentials
+
+ALGORITHMS: dict[str, Callable[[bytes], hashlib._Hash]] = {
+    "MD5": hashlib.md5,
+    "SHA-256": hashlib.sha256,
+}
+REQUIRED_PARAMS = ("username", "realm", "nonce", "uri", "response", "qop", "nc", "cnonce")
+
+
+def hash_hex(algorithm: str, data: str) -> str:
+    return ALGORITHMS[algorithm](data.encode("utf-8")).hexdigest()
+
+
+def ha1(algorithm: str, username: str, realm: str, password: str) -> str:
+    """H(username:realm:password), what a users file stores per algorithm."""
+    return hash_hex(algorithm, f"{username}:{realm}:{password}")
+
+
+# --- The auth-param grammar (RFC 7235 section 2.1), written once ---------------------------
+# auth-param = token BWS "=" BWS ( token / quoted-string ); params are comma separated.
+# A plain split(",") breaks on a quoted cnonce or uri holding a comma, so we scan.
+
+_TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_OWS = " \t"
+
+
+def _skip_ows(text: str, i: int) -> int:
+    while i < len(text) and text[i] in _OWS:
+        i += 1
+    return i
+
+
+def _token(text: str, i: int) -> tuple[str, int]:
+    start = i
+    while i < len(text) and text[i] in _TCHAR:
+        i += 1
+    return text[start:i], i
+
+
+def _quoted_string(text: str, i: int) -> tuple[str, int]:
+    # text[i] is the opening quote; quoted-pair is "\" followed by any visible char.
+    out: list[str] = []
+    i += 1
+    while i < len(text):
+        c = text[i]
+        if c == '"':
+            return "".join(out), i + 1
+        if c == "\\":
+            if i + 1 >= len(text):
+                break
+            c = text[i + 1]
+            i += 1
+        if (ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F:
+            raise MalformedCredentials("control character in quoted string")
+        out.append(c)
+        i += 1
+    raise MalformedCredentials("unterminated quoted string")
+
+
+def parse_auth_params(text: str) -> dict[str, str]:
+    """Parse `a=b, c="d"` into a dict with lower-cased names; duplicates are an error."""
+    params: dict[str, str] = {}
+    i = _skip_ows(text, 0)
+    while i < len(text):
+        name, i = _token(text, i)
+        if not name:
+            raise MalformedCredentials(f"expected a parameter name at offset {i}")
+        i = _skip_ows(text, i)
+        if i >= len(text) or text[i] != "=":
+            raise MalformedCredentials(f"parameter {name!r} has no value")
+        i = _skip_ows(text, i + 1)
+        if i < len(text) and text[i] == '"':
+            value, i = _quoted_string(text, i)
+        else:
+            value, i = _token(text, i)
+            if not value:
+                raise MalformedCredentials(f"parameter {name!r} has an empty value")
+        key = name.lower()
+        if key in params:
+            raise MalformedCredentials(f"parameter {key!r} given twice")
+        params[key] = value
+        i = _skip_ows(text, i)
+        if i < len(text):
+            if text[i] != ",":
+                raise MalformedCredentials(f"expected ',' at offset {i}")
+            i = _skip_ows(text, i + 1)
+            while i < len(text) and text[i] == ",":  # empty list elements are allowed
+                i = _skip_ows(text, i + 1)
+    return params
+
+
+@dataclass(frozen=True)
+class DigestCredentials:
+    username: str
+    realm: str
+    nonce: str
+    uri: str
+    response: str
+    algorithm: str
+    qop: str
+    nc: int
+    nc_text: str
+    cnonce: str
+
+
+def split_scheme(header: str) -> tuple[str, str]:
+    """`Digest a=b` -> ("digest", "a=b"): the scheme lower-cased, the rest untouched."""
+    header = header.strip()
+    scheme, _, rest = header.partition(" ")
+    if not scheme or any(c not in _TCHAR for c in scheme):
+        raise MalformedCredentials("no authentication scheme")
+    return scheme.lower(), rest.strip()
+
+
+def parse_credentials(header: str) -> DigestCredentials:
+    """Parse a Digest `Proxy-Authorization` value. Raises MalformedCredentials (400)."""
+    scheme, rest = split_scheme(header)
+    if scheme != "digest":
+        raise MalformedCredentials(f"not a Digest header: {scheme}")
+    params = parse_auth_params(rest)
+    missing = [p for p in REQUIRED_PARAMS if p not in params]
+    if "username*" in params:
+        raise MalformedCredentials("username* (RFC 8187 encoding) is not supported")
+    if missing:
+        raise MalformedCredentials(f"missing parameter(s): {', '.join(missing)}")
+    if params.get("userhash", "false").lower() != "false":
+        raise MalformedCredentials("userhash is not supported")
+    nc_text = params["nc"]
+    if len(nc_text) != 8 or any(c not in "0123456789abcdefABCDEF" for c in nc_text):
+        raise MalformedCredentials("nc must be 8 hex digits")
+    return DigestCredentials(
+        username=params["username"],
+        realm=params["realm"],
+        nonce=params["nonce"],
+        uri=params["uri"],
+        response=params["response"].lower(),
+        algorithm=params.get("algorithm", "MD5").upper(),
+        qop=params["qop"].lower(),
+        nc=int(nc_text, 16),
+        nc_text=nc_text,
+        cnonce=params["cnonce"],
+    )
+
+
+# --- Nonces -----------------------------------------------------------------------------
+
+_NONCE_MAGIC = b"proxyd-nonce-v1"
+_NONCE_RANDOM = 12
+_NONCE_MAC = 16
+_CLOCK_SKEW = 30  # seconds a nonce may come from the future (replicas' clocks differ)
+
+
+class NonceCodec:
+    """Stateless nonces: base64url(timestamp || random || HMAC-SHA256(secret, ...)[:16])."""
+
+    def __init__(self, secret: bytes, lifetime: int) -> None:
+        if len(secret) < 16:
+            raise ValueError("nonce secret must be at least 16 bytes")
+        self._secret = secret
+        self.lifetime = lifetime
+
+    def _mac(self, payload: bytes) -> bytes:
+        return hmac.new(self._secret, _NONCE_MAGIC + payload, hashlib.sha256).digest()[:_NONCE_MAC]
+
+    def issue(self, now: float, random: bytes) -> str:
+        payload = struct.pack(">Q", int(now)) + random[:_NONCE_RANDOM].ljust(_NONCE_RANDOM, b"\0")
+        return base64.urlsafe_b64encode(payload + self._mac(payload)).decode("ascii").rstrip("=")
+
+    def issued_at(self, nonce: str) -> int:
+        """The nonce's timestamp if we made it (HMAC valid); AuthFailure('bad_nonce') if not."""
+        try:
+            raw = base64.urlsafe_b64decode(nonce + "=" * (-len(nonce) % 4))
+        except (binascii.Error, ValueError) as e:
+            raise AuthFailure("bad_nonce") from e
+        if len(raw) != 8 + _NONCE_RANDOM + _NONCE_MAC:
+            raise AuthFailure("bad_nonce")
+        payload, mac = raw[:-_NONCE_MAC], raw[-_NONCE_MAC:]
+        if not hmac.compare_digest(mac, self._mac(payload)):
+            raise AuthFailure("bad_nonce")
+        (issued,) = struct.unpack(">Q", payload[:8])
+        return int(issued)
+
+    def is_stale(self, issued: int, now: float) -> bool:
+        if issued > now + _CLOCK_SKEW:
+            raise AuthFailure("bad_nonce")
+        return now > issued + self.lifetime
+
+
+class ReplayWindow:
+    """Remembers which nonce counts each live nonce has used, in bounded memory.
+
+    Clients reuse one nonce with increasing nc, across parallel connections, so counts
+    arrive slightly out of order (Chromium does this). Like IPsec's anti-replay window we
+    keep the highest nc seen and a bitmap of the `window` counts below it: a count seen
+    before, or older than the window, is a replay. Entries leave when their nonce expires.
+    """
+
+    def __init__(self, window: int = 1024, max_nonces: int = 200_000) -> None:
+        self.window = window
+        self.max_nonces = max_nonces
+        # nonce -> [expires_at, highest_nc, bitmap]; insertion order ~ issue order.
+        self._seen: OrderedDict[str, list[int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def _evict(self, now: float) -> None:
+        while self._seen:
+            nonce, entry = next(iter(self._seen.items()))
+            if entry[0] > now and len(self._seen) < self.max_nonces:
+                break
+            del self._seen[nonce]
+
+    def accept(self, nonce: str, nc: int, expires_at: int, now: float) -> bool:
+        """Record (nonce, nc); False if it was used before (a replay)."""
+        self._evict(now)
+        entry = self._seen.get(nonce)
+        if entry is None:
+            self._seen[nonce] = [expires_at, nc, 1]
+            return True
+        highest, bitmap = entry[1], entry[2]
+        if nc > highest:
+            shift = nc - highest
+            entry[1] = nc
+            entry[2] = ((bitmap << shift) | 1) & ((1 << self.window) - 1)
+            return True
+        offset = highest - nc
+        if offset >= self.window or bitmap >> offset & 1:
+            return False
+        entry[2] = bitmap | (1 << offset)
+        return True
+
+
+# --- Users, challenges and verification ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UserSecrets:
+    """What verification needs of a user: HA1 per algorithm (hex), for one realm."""
+
+    name: str
+    realm: str
+    ha1: dict[str, str]
+
+
+def challenge(realm: str, algorithm: str, nonce: str, stale: bool) -> str:
+    value = f'Digest realm="{realm}", qop="auth", algorithm={algorithm}, nonce="{nonce}"'
+    return value + (", stale=true" if stale else "")
+
+
+def challenges(
+    realm: str, algorithms: Sequence[str], new_nonce: Callable[[], str], stale: bool = False
+) -> list[str]:
+    """One challenge per algorithm, in the configured order, each with a fresh nonce."""
+    return [challenge(realm, alg, new_nonce(), stale) for alg in algorithms]
+
+
+def expected_response(algorithm: str, ha1_hex: str, creds: DigestCredentials, method: str) -> str:
+    ha2 = hash_hex(algorithm, f"{method}:{creds.uri}")
+    return hash_hex(
+        algorithm, f"{ha1_hex}:{creds.nonce}:{creds.nc_text}:{creds.cnonce}:{creds.qop}:{ha2}"
+    )
+
+
+class DigestVerifier:
+    """Checks credentials against users, nonces and the replay window.
+
+    Order matters: the digest is checked before the nonce's age and the replay window,
+    so `stale=true` is only ever said to a client that knows the password, and nobody
+    can fill the replay window with counts for a nonce without the password.
+    """
+
+    def __init__(
+        self,
+        realm: str,
+        algorithms: Sequence[str],
+        nonces: NonceCodec,
+        lookup: Callable[[str], UserSecrets | None],
+        replay: ReplayWindow | None = None,
+    ) -> None:
+        self.realm = realm
+        self.algorithms = tuple(algorithms)
+        self.nonces = nonces
+        self.lookup = lookup
+        self.replay = replay if replay is not None else ReplayWindow()
+
+    def verify(
+        self, creds: DigestCredentials, method: str, request_uris: Collection[str], now: float
+    ) -> str:
+        """The authenticated user name, or AuthFailure with the reason."""
+        if creds.qop != "auth":
+            raise AuthFailure("bad_qop")
+        if creds.algorithm not in self.algorithms:
+            raise AuthFailure("bad_algorithm")
+        if creds.realm != self.realm:
+            raise AuthFailure("wrong_realm")
+        if creds.uri not in request_uris:
+            raise AuthFailure("uri_mismatch")
+        issued = self.nonces.issued_at(creds.nonce)
+        user = self.lookup(creds.username)
+        secret = user.ha1.get(creds.algorithm) if user is not None else None
+        # Compute a digest even for unknown users so timing doesn't reveal which names exist.
+        expected = expected_response(creds.algorithm, secret or "0" * 32, creds, method)
+        matches = hmac.compare_digest(expected.encode(), creds.response.encode())
+        if user is None:
+            raise AuthFailure("unknown_user")
+        if secret is None:
+            raise AuthFailure("algorithm_unavailable")
+        if not matches:
+            raise AuthFailure("bad_response")
+        if self.nonces.is_stale(issued, now):
+            raise AuthFailure("stale", stale=True)
+        if not self.replay.accept(creds.nonce, creds.nc, issued + self.nonces.lifetime, now):
+            raise AuthFailure("replay")
+        return user.name

@@ -1,0 +1,126 @@
+"""Access policy: named CIDR zones and first-match rules, sans-IO.
+
+`Policy.decide` takes the facts of one request (source address, every address the
+destination resolved to, port, whether the client authenticated) and returns one
+`Decision`. The adapter never decides anything itself.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import netaddr
+
+from .addresses import IPAddress
+
+
+class Verdict(enum.Enum):
+    ALLOW = "allow"
+    AUTH_REQUIRED = "auth_required"
+    DENY = "deny"
+
+
+class AuthMode(enum.Enum):
+    NONE = "none"
+    REQUIRED = "required"
+
+
+@dataclass(frozen=True)
+class PortRange:
+    low: int
+    high: int
+
+    def __contains__(self, port: object) -> bool:
+        return isinstance(port, int) and self.low <= port <= self.high
+
+    def __str__(self) -> str:
+        return str(self.low) if self.low == self.high else f"{self.low}-{self.high}"
+
+
+@dataclass(frozen=True)
+class AddressSet:
+    """A set of networks with the names it was written as (for explain and the PAC)."""
+
+    labels: tuple[str, ...]
+    networks: netaddr.IPSet | None  # None: any address
+
+    def __contains__(self, address: object) -> bool:
+        if self.networks is None:
+            return True
+        return netaddr.IPAddress(str(address)) in self.networks
+
+    def __str__(self) -> str:
+        return ", ".join(self.labels)
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    sources: AddressSet
+    destinations: AddressSet
+    ports: tuple[PortRange, ...]
+    auth: AuthMode
+
+    def matches(self, source: IPAddress, destination: IPAddress, port: int) -> bool:
+        return (
+            any(port in r for r in self.ports)
+            and source in self.sources
+            and destination in self.destinations
+        )
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    rule: str | None
+    reason: str
+
+    @property
+    def allowed(self) -> bool:
+        return self.verdict is Verdict.ALLOW
+
+
+@dataclass(frozen=True)
+class Policy:
+    zones: dict[str, netaddr.IPSet]
+    rules: tuple[Rule, ...]
+
+    def first_match(self, source: IPAddress, destination: IPAddress, port: int) -> Rule | None:
+        for rule in self.rules:
+            if rule.matches(source, destination, port):
+                return rule
+        return None
+
+    def decide(
+        self,
+        source: IPAddress,
+        destinations: Sequence[IPAddress],
+        port: int,
+        authenticated: bool,
+    ) -> Decision:
+        """Every destination address must be allowed; the strictest answer wins.
+
+        A name that resolves to an allowed and a denied address is denied: the client could
+        otherwise pick (or DNS could rotate to) the denied one.
+        """
+        if not destinations:
+            return Decision(Verdict.DENY, None, "destination has no address")
+        needs_auth: Rule | None = None
+        first: Rule | None = None
+        for destination in destinations:
+            rule = self.first_match(source, destination, port)
+            if rule is None:
+                return Decision(
+                    Verdict.DENY, None, f"no rule allows {source} to {destination} port {port}"
+                )
+            first = first or rule
+            if rule.auth is AuthMode.REQUIRED and not authenticated and needs_auth is None:
+                needs_auth = rule
+        if needs_auth is not None:
+            return Decision(
+                Verdict.AUTH_REQUIRED, needs_auth.name, f"rule {needs_auth.name!r} requires auth"
+            )
+        assert first is not None
+        return Decision(Verdict.ALLOW, first.name, f"allowed by rule {first.name!r}")

@@ -1,0 +1,50 @@
+"""Everything a serving proxy derives from one config, built whole and swapped as one.
+
+A reload builds a new `Runtime` completely (or fails and changes nothing), then the
+addon swaps one reference: no request ever sees half of an old and half of a new config.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+
+from .config import Config
+from .digest import DigestVerifier, NonceCodec, ReplayWindow, challenges
+from .executors.files import load_or_create_secret
+from .executors.resolver import Resolver, load_hosts
+from .executors.userfile import UserFile
+from .policy import Policy
+
+
+@dataclass
+class Runtime:
+    config: Config
+    policy: Policy
+    users: UserFile
+    verifier: DigestVerifier
+    resolver: Resolver
+
+    def new_nonce(self) -> str:
+        return self.verifier.nonces.issue(time.time(), secrets.token_bytes(12))
+
+    def challenges(self, stale: bool) -> list[str]:
+        """`Proxy-Authenticate` values: one per algorithm, each with a fresh nonce."""
+        return challenges(self.config.realm, self.config.auth.algorithms, self.new_nonce, stale)
+
+
+def build_runtime(config: Config, replay: ReplayWindow | None = None) -> Runtime:
+    """Raises ConfigError/OSError/ValueError on anything unusable; has no other effect
+    than creating a missing nonce secret."""
+    secret = load_or_create_secret(config.auth.nonce_secret_file)
+    users = UserFile(config.auth.users_file, config.realm)
+    verifier = DigestVerifier(
+        realm=config.realm,
+        algorithms=config.auth.algorithms,
+        nonces=NonceCodec(secret, config.auth.nonce_lifetime),
+        lookup=users.lookup,
+        replay=replay,
+    )
+    resolver = Resolver(load_hosts(config.hosts_file), config.dns_timeout)
+    return Runtime(config, config.policy, users, verifier, resolver)
