@@ -47,7 +47,6 @@ class Config:
     auth: AuthConfig
     hosts_file: Path | None
     dns_timeout: float
-    connect_timeout: float
     policy: Policy
 
 
@@ -187,7 +186,7 @@ class _Builder:
         top = c.mapping(
             c.doc.value,
             (),
-            {"listen", "realm", "auth", "dns", "zones", "rules", "connect_timeout"},
+            {"listen", "realm", "auth", "dns", "zones", "rules"},
         )
         if not top and c.doc.value is None:
             c.error((), "the config file is empty")
@@ -197,12 +196,11 @@ class _Builder:
         dns = c.mapping(top.get("dns"), ("dns",), {"hosts_file", "timeout"})
         hosts_file = c.field(dns, ("dns",), "hosts_file", self.path)
         dns_timeout = c.field(dns, ("dns",), "timeout", _seconds, 5.0)
-        connect_timeout = c.field(top, (), "connect_timeout", _seconds, 10.0)
         zones = self.zones(top.get("zones"))
         rules = self.rules(top.get("rules"), zones)
         if c.errors:
             raise ConfigError(c.errors)
-        assert listen and realm and auth and dns_timeout and connect_timeout
+        assert listen and realm and auth and dns_timeout
         return Config(
             source=self.source,
             listen_host=listen[0],
@@ -211,7 +209,6 @@ class _Builder:
             auth=auth,
             hosts_file=hosts_file,
             dns_timeout=dns_timeout,
-            connect_timeout=connect_timeout,
             policy=Policy(zones=zones, rules=tuple(rules)),
         )
 
