@@ -86,7 +86,10 @@ class Lifecycle:
         log.info("config reloaded from %s", self.config_path)
 
 
-async def serve(config_path: Path, runtime: Runtime, first_run_hint: bool = False) -> int:
+def build_master(
+    config_path: Path, runtime: Runtime, first_run_hint: bool = False
+) -> tuple[Master, Lifecycle]:
+    """The master with exactly proxyd's addons. Needs a running event loop."""
     cfg = runtime.config
     opts = options.Options()
     master = Master(opts)
@@ -101,6 +104,11 @@ async def serve(config_path: Path, runtime: Runtime, first_run_hint: bool = Fals
         http2=False,
         stream_large_bodies="1m",  # never hold a large upload or download in memory
     )
+    return master, lifecycle
+
+
+async def serve(config_path: Path, runtime: Runtime, first_run_hint: bool = False) -> int:
+    master, lifecycle = build_master(config_path, runtime, first_run_hint)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, master.shutdown)
