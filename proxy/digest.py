@@ -80,6 +80,8 @@ def parse_auth_params(text: str) -> dict[str, str]:
     """Parse `a=b, c="d"` into a dict with lower-cased names; duplicates are an error."""
     params: dict[str, str] = {}
     i = _skip_ows(text, 0)
+    while i < len(text) and text[i] == ",":  # empty list elements are allowed, leading too
+        i = _skip_ows(text, i + 1)
     while i < len(text):
         name, i = _token(text, i)
         if not name:
@@ -170,7 +172,12 @@ _CLOCK_SKEW = 30  # seconds a nonce may come from the future (replicas' clocks d
 
 
 class NonceCodec:
-    """Stateless nonces: base64url(timestamp || random || HMAC-SHA256(secret, ...)[:16])."""
+    """Stateless nonces: base64url(ms timestamp || random || HMAC-SHA256(secret, ...)[:16]).
+
+    The timestamp is in milliseconds so a nonce lives its full lifetime, not up to a
+    second less. Decoding is strict: the text must be the canonical encoding, or one
+    nonce would have endless aliases (base64 decoders skip unknown characters).
+    """
 
     def __init__(self, secret: bytes, lifetime: int) -> None:
         if len(secret) < 16:
@@ -182,27 +189,32 @@ class NonceCodec:
         return hmac.new(self._secret, _NONCE_MAGIC + payload, hashlib.sha256).digest()[:_NONCE_MAC]
 
     def issue(self, now: float, random: bytes) -> str:
-        payload = struct.pack(">Q", int(now)) + random[:_NONCE_RANDOM].ljust(_NONCE_RANDOM, b"\0")
-        return base64.urlsafe_b64encode(payload + self._mac(payload)).decode("ascii").rstrip("=")
+        issued_ms = int(now * 1000)
+        payload = struct.pack(">Q", issued_ms) + random[:_NONCE_RANDOM].ljust(_NONCE_RANDOM, b"\0")
+        return _encode(payload + self._mac(payload))
 
-    def issued_at(self, nonce: str) -> int:
-        """The nonce's timestamp if we made it (HMAC valid); AuthFailure('bad_nonce') if not."""
+    def issued_at(self, nonce: str) -> float:
+        """When we issued the nonce (seconds) if the HMAC is valid; else AuthFailure."""
         try:
-            raw = base64.urlsafe_b64decode(nonce + "=" * (-len(nonce) % 4))
+            raw = base64.b64decode(nonce + "=" * (-len(nonce) % 4), altchars=b"-_", validate=True)
         except (binascii.Error, ValueError) as e:
             raise AuthFailure("bad_nonce") from e
-        if len(raw) != 8 + _NONCE_RANDOM + _NONCE_MAC:
+        if len(raw) != 8 + _NONCE_RANDOM + _NONCE_MAC or _encode(raw) != nonce:
             raise AuthFailure("bad_nonce")
         payload, mac = raw[:-_NONCE_MAC], raw[-_NONCE_MAC:]
         if not hmac.compare_digest(mac, self._mac(payload)):
             raise AuthFailure("bad_nonce")
-        (issued,) = struct.unpack(">Q", payload[:8])
-        return int(issued)
+        (issued_ms,) = struct.unpack(">Q", payload[:8])
+        return float(issued_ms) / 1000
 
-    def is_stale(self, issued: int, now: float) -> bool:
+    def is_stale(self, issued: float, now: float) -> bool:
         if issued > now + _CLOCK_SKEW:
             raise AuthFailure("bad_nonce")
         return now > issued + self.lifetime
+
+
+def _encode(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
 
 
 class ReplayWindow:
@@ -217,36 +229,36 @@ class ReplayWindow:
     def __init__(self, window: int = 1024, max_nonces: int = 200_000) -> None:
         self.window = window
         self.max_nonces = max_nonces
-        # nonce -> [expires_at, highest_nc, bitmap]; insertion order ~ issue order.
-        self._seen: OrderedDict[str, list[int]] = OrderedDict()
+        # nonce -> (expires_at, [highest_nc, bitmap]); insertion order ~ issue order.
+        self._seen: OrderedDict[str, tuple[float, list[int]]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._seen)
 
     def _evict(self, now: float) -> None:
         while self._seen:
-            nonce, entry = next(iter(self._seen.items()))
-            if entry[0] > now and len(self._seen) < self.max_nonces:
+            nonce, (expires_at, _) = next(iter(self._seen.items()))
+            if expires_at > now and len(self._seen) < self.max_nonces:
                 break
             del self._seen[nonce]
 
-    def accept(self, nonce: str, nc: int, expires_at: int, now: float) -> bool:
+    def accept(self, nonce: str, nc: int, expires_at: float, now: float) -> bool:
         """Record (nonce, nc); False if it was used before (a replay)."""
         self._evict(now)
-        entry = self._seen.get(nonce)
-        if entry is None:
-            self._seen[nonce] = [expires_at, nc, 1]
+        seen = self._seen.get(nonce)
+        if seen is None:
+            self._seen[nonce] = (expires_at, [nc, 1])
             return True
-        highest, bitmap = entry[1], entry[2]
+        state = seen[1]
+        highest, bitmap = state
         if nc > highest:
-            shift = nc - highest
-            entry[1] = nc
-            entry[2] = ((bitmap << shift) | 1) & ((1 << self.window) - 1)
+            state[0] = nc
+            state[1] = ((bitmap << (nc - highest)) | 1) & ((1 << self.window) - 1)
             return True
         offset = highest - nc
         if offset >= self.window or bitmap >> offset & 1:
             return False
-        entry[2] = bitmap | (1 << offset)
+        state[1] = bitmap | (1 << offset)
         return True
 
 
