@@ -27,7 +27,7 @@ class PacFile:
         return '"' + hashlib.sha256(self.text.encode()).hexdigest()[:32] + '"'
 
 
-def _public_rules(policy: Policy) -> list[tuple[list[str], list[str], Sequence[PortRange]]]:
+def _public_rules(policy: Policy) -> list[tuple[list[str], list[str], tuple[PortRange, ...]]]:
     """(IPv4 CIDRs, IPv6 CIDRs, ports) of every rule that any source may use."""
     out = []
     for rule in policy.rules:
