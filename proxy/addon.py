@@ -1,4 +1,4 @@
-"""The mitmproxy addon: a thin adapter from flows to the core's decisions.
+"""The mitmproxy addons: thin adapters from flows to the core's decisions.
 
 Hooks gather facts from the flow, call `gate` and apply the answer. Every CONNECT that is
 let through becomes a byte tunnel (TLS is never intercepted), and the upstream connection
@@ -7,30 +7,93 @@ goes to the address the policy checked, never to a name resolved again.
 
 from __future__ import annotations
 
-import logging
 import time
+from dataclasses import dataclass, field
 
-from mitmproxy import http
-from mitmproxy.proxy import layer, layers
+from mitmproxy import connection, http
+from mitmproxy.proxy import events, layer, layers
+from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers.http import HTTPMode
 from mitmproxy.proxy.mode_specs import RegularMode
 
 from . import gate
+from .accesslog import AccessRecord
 from .addresses import IPAddress, format_hostport
 from .errors import BadDestination
 from .executors.resolver import ResolveError
+from .recorder import Recorder
 from .runtime import Runtime
 
-log = logging.getLogger("proxyd")
-access = logging.getLogger("proxyd.access")
-
 HOP_BY_HOP_PROXY_HEADERS = ("Proxy-Authorization", "Proxy-Connection")
+
+
+@dataclass
+class Exchange:
+    """What proxyd knows of one admitted request or tunnel until it ends."""
+
+    started: float
+    client: str
+    user: str | None
+    method: str
+    target: str
+    rule: str | None
+    upstream: str
+    bytes_up: int = 0
+    bytes_down: int = 0
+    status: int = 200
+    content_type: str | None = field(default=None)
+
+    # Stream callbacks for bodies mitmproxy streams instead of buffering.
+    def count_up(self, chunk: bytes) -> bytes:
+        self.bytes_up += len(chunk)
+        return chunk
+
+    def count_down(self, chunk: bytes) -> bytes:
+        self.bytes_down += len(chunk)
+        return chunk
+
+    def record(self, now: float) -> AccessRecord:
+        return AccessRecord(
+            time=now,
+            duration_ms=int((now - self.started) * 1000),
+            client=self.client,
+            user=self.user,
+            method=self.method,
+            target=self.target,
+            status=self.status,
+            bytes_up=self.bytes_up,
+            bytes_down=self.bytes_down,
+            rule=self.rule,
+            auth="ok" if self.user else "none",
+            upstream=self.upstream,
+            content_type=self.content_type,
+        )
+
+
+class CountingTunnel(layers.TCPLayer):
+    """A passthrough tunnel that counts the bytes it relays (mitmproxy's ignored TCP layer
+    fires no hooks, so nothing else could)."""
+
+    def __init__(self, context: Context, exchange: Exchange) -> None:
+        super().__init__(context, ignore=True)
+        self.exchange = exchange
+
+    def handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if isinstance(event, events.DataReceived):
+            if event.connection is self.context.client:
+                self.exchange.bytes_up += len(event.data)
+            else:
+                self.exchange.bytes_down += len(event.data)
+        return super().handle_event(event)
 
 
 class TunnelLayers:
     """Chooses protocol layers, in place of mitmproxy's NextLayer addon (hence the name)."""
 
     name = "nextlayer"
+
+    def __init__(self, tunnels: dict[str, Exchange]) -> None:
+        self.tunnels = tunnels
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
         if nextlayer.layer is not None:
@@ -39,20 +102,26 @@ class TunnelLayers:
         if len(context.layers) == 1 and isinstance(context.client.proxy_mode, RegularMode):
             # The client's own connection: HTTP proxy protocol, plain text only.
             nextlayer.layer = layers.HttpLayer(context, HTTPMode.regular)
-        else:
-            # Inside an admitted CONNECT: bytes both ways, nothing parsed or decrypted.
+            return
+        # Inside an admitted CONNECT: bytes both ways, nothing parsed or decrypted.
+        exchange = self.tunnels.get(context.client.id)
+        if exchange is None:
             nextlayer.layer = layers.TCPLayer(context, ignore=True)
+        else:
+            nextlayer.layer = CountingTunnel(context, exchange)
 
 
 class ProxydAddon:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, recorder: Recorder, tunnels: dict[str, Exchange]) -> None:
         self.runtime = runtime
+        self.recorder = recorder
+        self.tunnels = tunnels  # by client connection id: one tunnel per connection
 
     def swap(self, runtime: Runtime) -> None:
         """Install a fully built runtime (reload): one reference, never a half-built one."""
         self.runtime = runtime
 
-    # --- requests -----------------------------------------------------------------------
+    # --- admission ----------------------------------------------------------------------
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         await self._admit(flow)
@@ -64,6 +133,7 @@ class ProxydAddon:
     async def _admit(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
             return
+        started = time.time()
         runtime = self.runtime  # one config for the whole decision, even across a reload
         request = flow.request
         is_connect = request.method.upper() == "CONNECT"
@@ -79,13 +149,14 @@ class ProxydAddon:
             self._refuse(flow, gate.Refusal(400, str(e), "bad_destination"), None)
             return
         identity = gate.identify(
-            runtime, credentials, request.method.upper(), request_uris(request), time.time()
+            runtime, credentials, request.method.upper(), request_uris(request), started
         )
         if identity.refusal is not None:
             self._refuse(flow, identity.refusal, None)
             return
+        addresses: tuple[IPAddress, ...]
         if target.literal is not None:
-            addresses: tuple[IPAddress, ...] = (target.literal,)
+            addresses = (target.literal,)
         else:
             assert target.name is not None
             try:
@@ -98,41 +169,107 @@ class ProxydAddon:
         if refusal is not None:
             self._refuse(flow, refusal, identity.user)
             return
+        exchange = Exchange(
+            started=started,
+            client=str(source),
+            user=identity.user,
+            method=request.method.upper(),
+            target=describe_target(request, target),
+            rule=decision.rule,
+            upstream=str(addresses[0]),
+        )
         # Connect to the address we checked: mitmproxy opens the upstream connection to
         # request.host. `data.host` leaves the Host header as the client sent it.
         request.data.host = str(addresses[0])
-        flow.metadata["proxyd"] = {"user": identity.user, "rule": decision.rule}
-        access.info(
-            "%s %s %s %s %s rule=%s",
-            source,
-            identity.user or "-",
-            request.method,
-            target_text(target, request),
-            "tunnel" if is_connect else "forward",
-            decision.rule,
-        )
+        flow.metadata["proxyd"] = exchange
+        if is_connect:
+            self.tunnels[flow.client_conn.id] = exchange
+            self.recorder.metrics.tunnels_active.inc()
+        elif request.stream:
+            request.stream = exchange.count_up
 
     def _refuse(self, flow: http.HTTPFlow, refusal: gate.Refusal, user: str | None) -> None:
-        runtime = self.runtime
         headers: list[tuple[bytes, bytes]] = [(b"Content-Type", b"text/plain; charset=utf-8")]
         if refusal.status == 407:
-            for value in runtime.challenges(refusal.stale):
+            for value in self.runtime.challenges(refusal.stale):
                 headers.append((b"Proxy-Authenticate", value.encode("ascii")))
-        flow.response = http.Response.make(refusal.status, f"proxyd: {refusal.reason}\n", headers)
-        access.info(
-            "%s %s %s %s:%s %d %s",
-            flow.client_conn.peername[0],
-            user or "-",
-            flow.request.method,
-            flow.request.host,
-            flow.request.port,
-            refusal.status,
-            refusal.cause,
+        body = f"proxyd: {refusal.reason}\n"
+        flow.response = http.Response.make(refusal.status, body, headers)
+        if flow.request.stream:
+            # mitmproxy can't answer early and stream the body; read it and drop it.
+            flow.request.stream = False
+        now = time.time()
+        request = flow.request
+        target = (
+            request.authority or f"{request.host}:{request.port}"
+            if request.method.upper() == "CONNECT"
+            else request.url
+        )
+        self.recorder.record(
+            AccessRecord(
+                time=now,
+                duration_ms=0,
+                client=flow.client_conn.peername[0],
+                user=user,
+                method=request.method,
+                target=target,
+                status=refusal.status,
+                bytes_up=0,
+                bytes_down=len(body),
+                rule=refusal.rule,
+                auth=refusal.cause if refusal.status == 407 else ("ok" if user else "none"),
+                content_type="text/plain",
+            ),
+            decision=refusal.cause if refusal.status != 407 else "auth_required",
         )
 
+    # --- the end of admitted requests and tunnels ---------------------------------------
 
-def target_text(target: gate.Target, request: http.Request) -> str:
-    return format_hostport(target.literal or target.host, target.port)
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        exchange = flow.metadata.get("proxyd")
+        if isinstance(exchange, Exchange) and flow.response is not None and flow.response.stream:
+            flow.response.stream = exchange.count_down
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        exchange = flow.metadata.get("proxyd")
+        if not isinstance(exchange, Exchange) or exchange.method == "CONNECT":
+            return
+        assert flow.response is not None
+        exchange.status = flow.response.status_code
+        exchange.content_type = flow.response.headers.get("Content-Type")
+        exchange.bytes_up += len(flow.request.raw_content or b"")
+        exchange.bytes_down += len(flow.response.raw_content or b"")
+        now = time.time()
+        self.recorder.metrics.request_duration.observe(now - exchange.started)
+        self.recorder.record(exchange.record(now), decision="allow")
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        exchange = flow.metadata.get("proxyd")
+        if isinstance(exchange, Exchange) and exchange.method != "CONNECT":
+            exchange.status = flow.response.status_code if flow.response else 502
+            self.recorder.record(exchange.record(time.time()), decision="allow")
+
+    def http_connected(self, flow: http.HTTPFlow) -> None:
+        exchange = flow.metadata.get("proxyd")
+        if isinstance(exchange, Exchange):
+            self.recorder.metrics.tunnel_setup.observe(time.time() - exchange.started)
+
+    def http_connect_error(self, flow: http.HTTPFlow) -> None:
+        exchange = self.tunnels.get(flow.client_conn.id)
+        if exchange is not None and flow.response is not None:
+            exchange.status = flow.response.status_code  # upstream unreachable: 502
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        exchange = self.tunnels.pop(client.id, None)
+        if exchange is not None:
+            self.recorder.metrics.tunnels_active.dec()
+            self.recorder.record(exchange.record(time.time()), decision="allow")
+
+
+def describe_target(request: http.Request, target: gate.Target) -> str:
+    if request.method.upper() == "CONNECT":
+        return format_hostport(target.literal or target.host, target.port)
+    return request.url
 
 
 def request_uris(request: http.Request) -> set[str]:

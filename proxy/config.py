@@ -39,6 +39,12 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class AccessLogConfig:
+    path: Path | None  # None: standard output
+    format: str  # squid | json
+
+
+@dataclass(frozen=True)
 class Config:
     source: Path
     listen_host: str
@@ -48,6 +54,8 @@ class Config:
     hosts_file: Path | None
     dns_timeout: float
     policy: Policy
+    admin_listen: tuple[str, int] | None = None
+    access_log: AccessLogConfig = AccessLogConfig(None, "squid")
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -159,6 +167,15 @@ def _auth_mode(value: Any) -> AuthMode:
         raise ValueError(f"must be 'none' or 'required', not {value!r}") from None
 
 
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, not {value!r}")
+        return str(value)
+
+    return convert
+
+
 def _port_range(value: Any) -> PortRange:
     if isinstance(value, int) and not isinstance(value, bool):
         low = high = value
@@ -186,7 +203,7 @@ class _Builder:
         top = c.mapping(
             c.doc.value,
             (),
-            {"listen", "realm", "auth", "dns", "zones", "rules"},
+            {"listen", "realm", "auth", "dns", "zones", "rules", "admin_listen", "access_log"},
         )
         if not top and c.doc.value is None:
             c.error((), "the config file is empty")
@@ -196,6 +213,8 @@ class _Builder:
         dns = c.mapping(top.get("dns"), ("dns",), {"hosts_file", "timeout"})
         hosts_file = c.field(dns, ("dns",), "hosts_file", self.path)
         dns_timeout = c.field(dns, ("dns",), "timeout", _seconds, 5.0)
+        admin_listen = c.field(top, (), "admin_listen", lambda v: parse_hostport(_string(v)))
+        access_log = self.access_log(top.get("access_log"))
         zones = self.zones(top.get("zones"))
         rules = self.rules(top.get("rules"), zones)
         if c.errors:
@@ -210,7 +229,17 @@ class _Builder:
             hosts_file=hosts_file,
             dns_timeout=dns_timeout,
             policy=Policy(zones=zones, rules=tuple(rules)),
+            admin_listen=admin_listen,
+            access_log=access_log,
         )
+
+    def access_log(self, value: Any) -> AccessLogConfig:
+        c, path = self.c, ("access_log",)
+        section = c.mapping(value, path, {"path", "format"})
+        target = c.field(section, path, "path", _string, "-")
+        fmt = c.field(section, path, "format", _choice("squid", "json"), "squid")
+        file = None if target in (None, "-") else self.path(target)
+        return AccessLogConfig(file, fmt or "squid")
 
     def auth(self, value: Any) -> AuthConfig | None:
         c, path = self.c, ("auth",)

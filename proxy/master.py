@@ -19,8 +19,12 @@ from mitmproxy.master import Master
 from mitmproxy.proxy import mode_servers
 
 from . import config as config_mod
-from .addon import ProxydAddon, TunnelLayers
+from .addon import Exchange, ProxydAddon, TunnelLayers
+from .admin import AdminServer
 from .errors import ConfigError
+from .executors.logfile import LogFile
+from .metrics import Metrics
+from .recorder import Recorder
 from .runtime import Runtime, build_runtime
 
 log = logging.getLogger("proxyd")
@@ -42,16 +46,31 @@ async def _listen_with_backlog(
 mode_servers.RegularInstance.listen = _listen_with_backlog  # type: ignore[method-assign,assignment]
 
 
-class Lifecycle:
-    """Announces the listener, and reloads the config on SIGHUP."""
+def _shown(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
-    def __init__(self, config_path: Path, addon: ProxydAddon, first_run_hint: bool) -> None:
+
+class Lifecycle:
+    """Start-up and shutdown around the engine: the listener announcement, the admin
+    listener, SIGHUP reloads and SIGUSR1 log reopening."""
+
+    def __init__(
+        self,
+        config_path: Path,
+        addon: ProxydAddon,
+        first_run_hint: bool,
+        access_log: LogFile,
+    ) -> None:
         self.config_path = config_path
         self.addon = addon
         self.first_run_hint = first_run_hint
+        self.access_log = access_log
+        self.metrics = addon.recorder.metrics
+        self.admin = AdminServer(self.metrics, ready=lambda: self.listening)
+        self.listening = False
         self.failed = False
 
-    def running(self) -> None:
+    async def running(self) -> None:
         from mitmproxy import ctx
 
         ps: Any = ctx.master.addons.get("proxyserver")
@@ -61,10 +80,19 @@ class Lifecycle:
             self.failed = True
             ctx.master.shutdown()
             return
+        admin_listen = self.addon.runtime.config.admin_listen
+        if admin_listen is not None:
+            try:
+                host, port = await self.admin.start(*admin_listen)
+            except OSError as e:
+                log.error("proxyd: admin listener on %s: %s", _shown(*admin_listen), e)
+                self.failed = True
+                ctx.master.shutdown()
+                return
+            log.info("proxyd: admin listening on %s", _shown(host, port))
         for addr in addrs:
-            host, port = addr[0], addr[1]
-            shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            log.info("proxyd: listening on %s", shown)
+            log.info("proxyd: listening on %s", _shown(addr[0], addr[1]))
+        self.listening = True
         if self.first_run_hint and len(self.addon.runtime.users) == 0:
             log.info(
                 "proxyd: no users yet. Add the first one with:\n"
@@ -72,17 +100,33 @@ class Lifecycle:
                 self.config_path,
             )
 
+    async def done(self) -> None:
+        self.listening = False
+        await self.admin.stop()
+        self.access_log.close()
+
+    def reopen_logs(self) -> None:
+        self.access_log.reopen()
+        log.info("access log reopened")
+
     def reload(self) -> None:
         old = self.addon.runtime.config
         try:
             new = config_mod.load(self.config_path)
             runtime = build_runtime(new, replay=self.addon.runtime.verifier.replay)
         except (ConfigError, OSError, ValueError) as e:
+            self.metrics.reloads.labels("config", "error").inc()
             log.error("reload refused, the previous config keeps serving:\n%s", e)
             return
-        if (new.listen_host, new.listen_port) != (old.listen_host, old.listen_port):
-            log.warning("reload: a new listen address takes effect on restart only")
+        for what, before, after in (
+            ("listen", (old.listen_host, old.listen_port), (new.listen_host, new.listen_port)),
+            ("admin_listen", old.admin_listen, new.admin_listen),
+            ("access_log", old.access_log, new.access_log),
+        ):
+            if before != after:
+                log.warning("reload: a new %s takes effect on restart only", what)
         self.addon.swap(runtime)
+        self.metrics.reloads.labels("config", "ok").inc()
         log.info("config reloaded from %s", self.config_path)
 
 
@@ -93,9 +137,13 @@ def build_master(
     cfg = runtime.config
     opts = options.Options()
     master = Master(opts)
-    addon = ProxydAddon(runtime)
-    lifecycle = Lifecycle(config_path, addon, first_run_hint)
-    master.addons.add(proxyserver.Proxyserver(), TunnelLayers(), addon, lifecycle)
+    metrics = Metrics()
+    metrics.users.set_function(lambda: len(addon.runtime.users))
+    access_log = LogFile(cfg.access_log.path)
+    tunnels: dict[str, Exchange] = {}
+    addon = ProxydAddon(runtime, Recorder(metrics, access_log, cfg.access_log.format), tunnels)
+    lifecycle = Lifecycle(config_path, addon, first_run_hint, access_log)
+    master.addons.add(proxyserver.Proxyserver(), TunnelLayers(tunnels), addon, lifecycle)
     opts.update(
         mode=["regular"],
         listen_host=cfg.listen_host,
@@ -113,5 +161,6 @@ async def serve(config_path: Path, runtime: Runtime, first_run_hint: bool = Fals
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, master.shutdown)
     loop.add_signal_handler(signal.SIGHUP, lifecycle.reload)
+    loop.add_signal_handler(signal.SIGUSR1, lifecycle.reopen_logs)
     await master.run()
     return 1 if lifecycle.failed else 0
