@@ -18,13 +18,14 @@ from mitmproxy.proxy.mode_specs import RegularMode
 
 from . import gate
 from .accesslog import AccessRecord
-from .addresses import IPAddress, format_hostport
+from .addresses import IPAddress, format_hostport, parse_ip_literal
 from .errors import BadDestination
 from .executors.resolver import ResolveError
 from .recorder import Recorder
 from .runtime import Runtime
 
 HOP_BY_HOP_PROXY_HEADERS = ("Proxy-Authorization", "Proxy-Connection")
+PAC_PATHS = ("/proxy.pac", "/wpad.dat")
 
 
 @dataclass
@@ -137,6 +138,9 @@ class ProxydAddon:
         runtime = self.runtime  # one config for the whole decision, even across a reload
         request = flow.request
         is_connect = request.method.upper() == "CONNECT"
+        if not is_connect and addressed_to_proxy(flow, runtime):
+            self._serve_local(flow, runtime)
+            return
         credentials = request.headers.get_all("Proxy-Authorization")
         for name in HOP_BY_HOP_PROXY_HEADERS:
             request.headers.pop(name, None)
@@ -187,6 +191,45 @@ class ProxydAddon:
             self.recorder.metrics.tunnels_active.inc()
         elif request.stream:
             request.stream = exchange.count_up
+
+    def _serve_local(self, flow: http.HTTPFlow, runtime: Runtime) -> None:
+        """Requests for the proxy itself: the PAC, without auth; anything else 404.
+        Never forwarded, so the proxy can't loop to itself."""
+        request = flow.request
+        path = request.path.split("?", 1)[0]
+        if path in PAC_PATHS and request.method in ("GET", "HEAD"):
+            pac = runtime.pac(request.host_header or format_hostport(request.host, request.port))
+            headers = {
+                "Content-Type": "application/x-ns-proxy-autoconfig",
+                "ETag": pac.etag,
+                "Cache-Control": "max-age=300",
+            }
+            if request.headers.get("If-None-Match") == pac.etag:
+                flow.response = http.Response.make(304, b"", headers)
+            else:
+                flow.response = http.Response.make(200, pac.text, headers)
+        else:
+            flow.response = http.Response.make(
+                404, "proxyd: not found\n", {"Content-Type": "text/plain; charset=utf-8"}
+            )
+        response = flow.response
+        self.recorder.record(
+            AccessRecord(
+                time=time.time(),
+                duration_ms=0,
+                client=flow.client_conn.peername[0],
+                user=None,
+                method=request.method,
+                target=request.url,
+                status=response.status_code,
+                bytes_up=0,
+                bytes_down=len(response.raw_content or b""),
+                rule=None,
+                auth="none",
+                content_type=response.headers.get("Content-Type"),
+            ),
+            decision="local",
+        )
 
     def _refuse(self, flow: http.HTTPFlow, refusal: gate.Refusal, user: str | None) -> None:
         headers: list[tuple[bytes, bytes]] = [(b"Content-Type", b"text/plain; charset=utf-8")]
@@ -264,6 +307,23 @@ class ProxydAddon:
         if exchange is not None:
             self.recorder.metrics.tunnels_active.dec()
             self.recorder.record(exchange.record(time.time()), decision="allow")
+
+
+def addressed_to_proxy(flow: http.HTTPFlow, runtime: Runtime) -> bool:
+    """Is the request for the proxy itself: its public address, or the address and port
+    the client connected to? (mitmproxy has erased origin-form vs absolute-form by now.)"""
+    request = flow.request
+    public = runtime.config.public_address
+    if public is not None and (request.host.lower(), request.port) == public:
+        return True
+    sockname = flow.client_conn.sockname
+    if not sockname or request.port != sockname[1]:
+        return False
+    try:
+        literal = parse_ip_literal(request.host)
+    except BadDestination:
+        return False
+    return literal is not None and literal == gate.source_address(sockname[0])
 
 
 def describe_target(request: http.Request, target: gate.Target) -> str:

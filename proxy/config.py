@@ -28,6 +28,9 @@ DEFAULT_CONFIG = Path("config/proxyd.yaml")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _REALM_RE = re.compile(r"^[A-Za-z0-9 ._@-]{1,64}$")
 RESERVED_SELECTORS = frozenset({"any"})
+_DOMAIN_RE = re.compile(
+    r"^\.?([a-zA-Z0-9_]([a-zA-Z0-9_-]{0,61}[a-zA-Z0-9_])?\.)*[a-zA-Z0-9-]{1,63}$"
+)
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,8 @@ class Config:
     dns_timeout: float
     policy: Policy
     admin_listen: tuple[str, int] | None = None
+    public_address: tuple[str, int] | None = None  # what the PAC points clients at
+    pac_domains: tuple[str, ...] = ()
     access_log: AccessLogConfig = AccessLogConfig(None, "squid")
 
 
@@ -132,6 +137,15 @@ def _integer(low: int, high: int) -> Callable[[Any], int]:
     return convert
 
 
+def _public_address(value: Any) -> tuple[str, int]:
+    host, port = parse_hostport(_string(value))
+    if port == 0 or not host or host in ("0.0.0.0", "::"):  # noqa: S104 (refusing it)
+        raise ValueError("must be the host:port clients reach the proxy at")
+    if not re.fullmatch(r"[A-Za-z0-9._:-]+", host):
+        raise ValueError(f"invalid host {host!r}")  # it is written into JavaScript
+    return host.lower(), port
+
+
 def _seconds(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
         raise ValueError(f"must be a number of seconds in (0, 3600], not {value!r}")
@@ -203,7 +217,18 @@ class _Builder:
         top = c.mapping(
             c.doc.value,
             (),
-            {"listen", "realm", "auth", "dns", "zones", "rules", "admin_listen", "access_log"},
+            {
+                "listen",
+                "realm",
+                "auth",
+                "dns",
+                "zones",
+                "rules",
+                "admin_listen",
+                "access_log",
+                "public_address",
+                "pac",
+            },
         )
         if not top and c.doc.value is None:
             c.error((), "the config file is empty")
@@ -215,6 +240,14 @@ class _Builder:
         dns_timeout = c.field(dns, ("dns",), "timeout", _seconds, 5.0)
         admin_listen = c.field(top, (), "admin_listen", lambda v: parse_hostport(_string(v)))
         access_log = self.access_log(top.get("access_log"))
+        public_address = c.field(top, (), "public_address", _public_address)
+        pac = c.mapping(top.get("pac"), ("pac",), {"domains"})
+        pac_domains = []
+        for i, domain in enumerate(c.items(pac.get("domains"), ("pac", "domains"))):
+            if not isinstance(domain, str) or not _DOMAIN_RE.match(domain):
+                c.error(("pac", "domains", i), f"not a domain such as .example.net: {domain!r}")
+            else:
+                pac_domains.append(domain.lower())
         zones = self.zones(top.get("zones"))
         rules = self.rules(top.get("rules"), zones)
         if c.errors:
@@ -231,6 +264,8 @@ class _Builder:
             policy=Policy(zones=zones, rules=tuple(rules)),
             admin_listen=admin_listen,
             access_log=access_log,
+            public_address=public_address,
+            pac_domains=tuple(pac_domains),
         )
 
     def access_log(self, value: Any) -> AccessLogConfig:

@@ -15,6 +15,8 @@ from .digest import DigestVerifier, NonceCodec, ReplayWindow, challenges
 from .executors.files import load_or_create_secret
 from .executors.resolver import Resolver, load_hosts
 from .executors.userfile import UserFile
+from .pac import PacFile
+from .pac import generate as generate_pac
 from .policy import Policy
 
 
@@ -25,9 +27,22 @@ class Runtime:
     users: UserFile
     verifier: DigestVerifier
     resolver: Resolver
+    _pac: PacFile | None = None
 
     def new_nonce(self) -> str:
         return self.verifier.nonces.issue(time.time(), secrets.token_bytes(12))
+
+    def pac(self, fallback_address: str) -> PacFile:
+        """The PAC for clients; it points at `public_address`, or else at the address the
+        client used to fetch it (so it is right behind NAT and load balancers too)."""
+        if self._pac is None or self.config.public_address is None:
+            public = self.config.public_address
+            address = f"{public[0]}:{public[1]}" if public else fallback_address
+            pac_file = generate_pac(self.policy, address, self.config.pac_domains)
+            if public is None:
+                return pac_file
+            self._pac = pac_file
+        return self._pac
 
     def challenges(self, stale: bool) -> list[str]:
         """`Proxy-Authenticate` values: one per algorithm, each with a fresh nonce."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import sys
 
 from .. import config
 from ..addresses import IPAddress, canonical_ip, format_hostport
@@ -12,6 +13,7 @@ from ..errors import BadDestination, ConfigError
 from ..executors.resolver import ResolveError, Resolver, load_hosts
 from ..executors.userfile import read_users
 from ..gate import parse_target
+from ..pac import generate as generate_pac
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -24,6 +26,21 @@ def run_check(args: argparse.Namespace) -> int:
         print(f"{args.file}: {len(e.problems)} error(s)")
         return 1
     print(f"{args.file}: OK ({len(cfg.policy.zones)} zones, {len(cfg.policy.rules)} rules)")
+    return 0
+
+
+def run_pac(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    if cfg.public_address is not None:
+        address = format_hostport(cfg.public_address[0], cfg.public_address[1])
+    else:
+        address = format_hostport(cfg.listen_host, cfg.listen_port)
+        print(
+            f"proxyd: no public_address in {args.config}; the PAC points at {address}. "
+            "The served PAC points at the address each client used.",
+            file=sys.stderr,
+        )
+    sys.stdout.write(generate_pac(cfg.policy, address, cfg.pac_domains).text)
     return 0
 
 

@@ -303,11 +303,17 @@ def test_origin_form_to_allowed_name_with_auth(proxyd: ProxydHandle, origins: Or
     assert response.text == "origin-http /named"
 
 
-@pytest.mark.parametrize("host_header", ["127.0.0.2", "PROXY"], ids=["default-port-80", "self"])
-def test_origin_form_outside_rules_refused(
-    host_header: str, proxyd: ProxydHandle, origins: Origins
-) -> None:
-    """Host without port means :80 (not in any rule); Host = the proxy itself must not loop."""
-    host = f"{proxyd.host}:{proxyd.port}" if host_header == "PROXY" else host_header
-    response = raw_proxy_request(proxyd, "GET", "/loop", host=host, auth=(USER, PASSWORD))
+def test_origin_form_outside_rules_refused(proxyd: ProxydHandle, origins: Origins) -> None:
+    """Host without port means :80, which no rule lists."""
+    response = raw_proxy_request(proxyd, "GET", "/loop", host="127.0.0.2", auth=(USER, PASSWORD))
     assert_refusal(response)
+
+
+@pytest.mark.parametrize("form", ["origin", "absolute"])
+def test_requests_for_the_proxy_itself_never_loop(proxyd: ProxydHandle, form: str) -> None:
+    """Host = the proxy itself: answered locally (only the PAC exists there), not forwarded."""
+    hostport = f"{proxyd.host}:{proxyd.port}"
+    target = "/loop" if form == "origin" else f"http://{hostport}/loop"
+    response = raw_proxy_request(proxyd, "GET", target, host=hostport, auth=(USER, PASSWORD))
+    assert response.status == 404, response
+    assert "HIER_DIRECT" not in proxyd.log()
