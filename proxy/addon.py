@@ -169,7 +169,9 @@ class ProxydAddon:
                 self._refuse(flow, gate.Refusal(502, str(e), "dns"), identity.user)
                 return
         source = gate.source_address(flow.client_conn.peername[0])
-        decision, refusal = gate.admit(runtime.policy, source, addresses, target.port, identity)
+        decision, refusal = gate.admit(
+            runtime.policy, source, addresses, target.port, identity, started
+        )
         if refusal is not None:
             self._refuse(flow, refusal, identity.user)
             return

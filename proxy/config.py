@@ -6,9 +6,10 @@ an operator everything wrong in one run. Nothing here touches the network or wri
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,7 +19,7 @@ import netaddr
 from . import yamlloc
 from .digest import ALGORITHMS
 from .errors import ConfigError
-from .policy import AddressSet, AuthMode, Policy, PortRange, Rule
+from .policy import AddressSet, AuthMode, Policy, PortRange, Rule, TrustedSource
 from .yamlloc import Located
 from .yamlloc import Path as KeyPath
 
@@ -28,6 +29,22 @@ DEFAULT_CONFIG = Path("config/proxyd.yaml")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _REALM_RE = re.compile(r"^[A-Za-z0-9 ._@-]{1,64}$")
 RESERVED_SELECTORS = frozenset({"any"})
+BROADEST_TRUSTED = {4: 28, 6: 56}  # "we will not whitelist large network segments"
+TOP_LEVEL_KEYS = frozenset(
+    {
+        "listen",
+        "realm",
+        "auth",
+        "dns",
+        "zones",
+        "rules",
+        "trusted_sources",
+        "admin_listen",
+        "access_log",
+        "public_address",
+        "pac",
+    }
+)
 _DOMAIN_RE = re.compile(
     r"^\.?([a-zA-Z0-9_]([a-zA-Z0-9_-]{0,61}[a-zA-Z0-9_])?\.)*[a-zA-Z0-9-]{1,63}$"
 )
@@ -60,6 +77,7 @@ class Config:
     admin_listen: tuple[str, int] | None = None
     public_address: tuple[str, int] | None = None  # what the PAC points clients at
     pac_domains: tuple[str, ...] = ()
+    trusted_sources: tuple[TrustedSource, ...] = ()
     access_log: AccessLogConfig = AccessLogConfig(None, "squid")
 
 
@@ -87,7 +105,7 @@ class _Checker:
     def error(self, path: KeyPath, message: str) -> None:
         self.errors.append(f"{self.doc.where(path)}: {message}")
 
-    def mapping(self, value: Any, path: KeyPath, known: set[str]) -> dict[str, Any]:
+    def mapping(self, value: Any, path: KeyPath, known: Set[str]) -> dict[str, Any]:
         if value is None:
             return {}
         if not isinstance(value, dict):
@@ -144,6 +162,30 @@ def _public_address(value: Any) -> tuple[str, int]:
     if not re.fullmatch(r"[A-Za-z0-9._:-]+", host):
         raise ValueError(f"invalid host {host!r}")  # it is written into JavaScript
     return host.lower(), port
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, not {value!r}")
+    return value
+
+
+def parse_expiry(value: Any) -> float:
+    """A date (the first day it is no longer valid, from 00:00 UTC) or an ISO date-time."""
+    if isinstance(value, datetime.datetime):
+        moment = value
+    elif isinstance(value, datetime.date):
+        moment = datetime.datetime.combine(value, datetime.time())
+    elif isinstance(value, str):
+        try:
+            moment = datetime.datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"must be a date like 2027-03-31, not {value!r}") from None
+    else:
+        raise ValueError(f"must be a date like 2027-03-31, not {value!r}")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
 
 
 def _seconds(value: Any) -> float:
@@ -214,22 +256,7 @@ class _Builder:
 
     def build(self) -> Config:
         c = self.c
-        top = c.mapping(
-            c.doc.value,
-            (),
-            {
-                "listen",
-                "realm",
-                "auth",
-                "dns",
-                "zones",
-                "rules",
-                "admin_listen",
-                "access_log",
-                "public_address",
-                "pac",
-            },
-        )
+        top = c.mapping(c.doc.value, (), TOP_LEVEL_KEYS)
         if not top and c.doc.value is None:
             c.error((), "the config file is empty")
         listen = c.field(top, (), "listen", lambda v: parse_hostport(_string(v)), ("0.0.0.0", 3128))  # noqa: S104 (a proxy for partners listens publicly)
@@ -249,7 +276,8 @@ class _Builder:
             else:
                 pac_domains.append(domain.lower())
         zones = self.zones(top.get("zones"))
-        rules = self.rules(top.get("rules"), zones)
+        trusted = self.trusted_sources(top.get("trusted_sources"), zones)
+        rules = self.rules(top.get("rules"), zones, trusted)
         if c.errors:
             raise ConfigError(c.errors)
         assert listen and realm and auth and dns_timeout
@@ -266,6 +294,7 @@ class _Builder:
             access_log=access_log,
             public_address=public_address,
             pac_domains=tuple(pac_domains),
+            trusted_sources=tuple(trusted.values()),
         )
 
     def access_log(self, value: Any) -> AccessLogConfig:
@@ -326,8 +355,44 @@ class _Builder:
             zones[name] = networks
         return zones
 
+    def trusted_sources(
+        self, value: Any, zones: dict[str, netaddr.IPSet]
+    ) -> dict[str, TrustedSource]:
+        c, out = self.c, {}
+        known = {"name", "cidr", "owner", "reason", "expires", "allow_broad"}
+        for i, item in enumerate(c.items(value, ("trusted_sources",))):
+            path: KeyPath = ("trusted_sources", i)
+            entry = c.mapping(item, path, known)
+            name = c.field(entry, path, "name", _string, required=True)
+            network = c.field(entry, path, "cidr", _network, required=True)
+            owner = c.field(entry, path, "owner", _string, required=True)
+            reason = c.field(entry, path, "reason", _string, required=True)
+            expires = c.field(entry, path, "expires", parse_expiry, required=True)
+            broad = c.field(entry, path, "allow_broad", _boolean, False)
+            if name is not None and (name in zones or name in out or name == "any"):
+                c.error((*path, "name"), f"name {name!r} is already a zone or trusted source")
+            if network is not None and not broad:
+                limit = BROADEST_TRUSTED[network.version]
+                if network.prefixlen < limit:
+                    c.error(
+                        (*path, "cidr"),
+                        f"{network} is broader than /{limit}: large segments are never "
+                        "whitelisted (set allow_broad: true to override)",
+                    )
+            if name is None or network is None or owner is None or reason is None:
+                continue
+            if expires is None:
+                continue
+            out[name] = TrustedSource(name, netaddr.IPNetwork(str(network)), owner, reason, expires)
+        return out
+
     def address_set(
-        self, value: Any, path: KeyPath, zones: dict[str, netaddr.IPSet], allow_any: bool
+        self,
+        value: Any,
+        path: KeyPath,
+        zones: dict[str, netaddr.IPSet],
+        allow_any: bool,
+        trusted: dict[str, TrustedSource] | None = None,
     ) -> AddressSet:
         c = self.c
         items = c.items(value, path)
@@ -335,13 +400,17 @@ class _Builder:
             c.error(path, "must name at least one zone, CIDR or 'any'")
         networks = netaddr.IPSet()
         labels: list[str] = []
+        timed: list[TrustedSource] = []
         for i, item in enumerate(items):
             if item == "any":
                 if not allow_any:
                     c.error((*path, i), "'any' destination would make an open proxy; name zones")
                     continue
                 return AddressSet(("any",), None)
-            if isinstance(item, str) and item in zones:
+            if trusted is not None and isinstance(item, str) and item in trusted:
+                timed.append(trusted[item])
+                labels.append(item)
+            elif isinstance(item, str) and item in zones:
                 networks |= zones[item]
                 labels.append(item)
             elif isinstance(item, str) and re.fullmatch(r"[0-9a-fA-F:.]+(/\d+)?", item):
@@ -352,9 +421,11 @@ class _Builder:
                     c.error((*path, i), str(e))
             else:
                 c.error((*path, i), f"unknown zone {item!r}")
-        return AddressSet(tuple(labels), networks)
+        return AddressSet(tuple(labels), networks, tuple(timed))
 
-    def rules(self, value: Any, zones: dict[str, netaddr.IPSet]) -> list[Rule]:
+    def rules(
+        self, value: Any, zones: dict[str, netaddr.IPSet], trusted: dict[str, TrustedSource]
+    ) -> list[Rule]:
         c, rules, names = self.c, [], set()
         for i, item in enumerate(c.items(value, ("rules",))):
             path: KeyPath = ("rules", i)
@@ -372,7 +443,9 @@ class _Builder:
             for key in ("from", "to", "ports"):
                 if key not in r:
                     c.error((*path, key), "required")
-            sources = self.address_set(r.get("from"), (*path, "from"), zones, allow_any=True)
+            sources = self.address_set(
+                r.get("from"), (*path, "from"), zones, allow_any=True, trusted=trusted
+            )
             destinations = self.address_set(r.get("to"), (*path, "to"), zones, allow_any=False)
             ports: list[PortRange] = []
             port_items = c.items(r.get("ports"), (*path, "ports"))

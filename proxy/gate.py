@@ -78,10 +78,16 @@ def identify(
 
 
 def admit(
-    policy: Policy, source: IPAddress, addresses: Sequence[IPAddress], port: int, identity: Identity
+    policy: Policy,
+    source: IPAddress,
+    addresses: Sequence[IPAddress],
+    port: int,
+    identity: Identity,
+    now: float,
 ) -> tuple[Decision, Refusal | None]:
     """The policy's decision and, unless it allows, the refusal to send."""
-    decision = policy.decide(source, addresses, port, authenticated=identity.user is not None)
+    authenticated = identity.user is not None
+    decision = policy.decide(source, addresses, port, authenticated, now)
     if decision.verdict is Verdict.DENY:
         return decision, Refusal(403, decision.reason, "denied")
     if identity.auth_failure is not None:

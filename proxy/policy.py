@@ -8,6 +8,7 @@ destination resolved to, port, whether the client authenticated) and returns one
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -40,16 +41,32 @@ class PortRange:
 
 
 @dataclass(frozen=True)
+class TrustedSource:
+    """A partner's static egress address, allowed for a reason until a date."""
+
+    name: str
+    network: netaddr.IPNetwork
+    owner: str
+    reason: str
+    expires: float  # seconds since the epoch: it stops matching at this instant
+
+    def covers(self, address: netaddr.IPAddress, now: float) -> bool:
+        return now < self.expires and address in self.network
+
+
+@dataclass(frozen=True)
 class AddressSet:
     """A set of networks with the names it was written as (for explain and the PAC)."""
 
     labels: tuple[str, ...]
     networks: netaddr.IPSet | None  # None: any address
+    trusted: tuple[TrustedSource, ...] = ()  # time-limited members
 
-    def __contains__(self, address: object) -> bool:
+    def contains(self, address: IPAddress, now: float) -> bool:
         if self.networks is None:
             return True
-        return netaddr.IPAddress(str(address)) in self.networks
+        ip = netaddr.IPAddress(str(address))
+        return ip in self.networks or any(t.covers(ip, now) for t in self.trusted)
 
     def __str__(self) -> str:
         return ", ".join(self.labels)
@@ -63,11 +80,11 @@ class Rule:
     ports: tuple[PortRange, ...]
     auth: AuthMode
 
-    def matches(self, source: IPAddress, destination: IPAddress, port: int) -> bool:
+    def matches(self, source: IPAddress, destination: IPAddress, port: int, now: float) -> bool:
         return (
             any(port in r for r in self.ports)
-            and source in self.sources
-            and destination in self.destinations
+            and self.sources.contains(source, now)
+            and self.destinations.contains(destination, now)
         )
 
 
@@ -87,9 +104,12 @@ class Policy:
     zones: dict[str, netaddr.IPSet]
     rules: tuple[Rule, ...]
 
-    def first_match(self, source: IPAddress, destination: IPAddress, port: int) -> Rule | None:
+    def first_match(
+        self, source: IPAddress, destination: IPAddress, port: int, now: float | None = None
+    ) -> Rule | None:
+        when = time.time() if now is None else now
         for rule in self.rules:
-            if rule.matches(source, destination, port):
+            if rule.matches(source, destination, port, when):
                 return rule
         return None
 
@@ -99,6 +119,7 @@ class Policy:
         destinations: Sequence[IPAddress],
         port: int,
         authenticated: bool,
+        now: float | None = None,
     ) -> Decision:
         """Every destination address must be allowed; the strictest answer wins.
 
@@ -107,10 +128,11 @@ class Policy:
         """
         if not destinations:
             return Decision(Verdict.DENY, None, "destination has no address")
+        when = time.time() if now is None else now  # trusted sources expire by the clock
         needs_auth: Rule | None = None
         first: Rule | None = None
         for destination in destinations:
-            rule = self.first_match(source, destination, port)
+            rule = self.first_match(source, destination, port, when)
             if rule is None:
                 return Decision(
                     Verdict.DENY, None, f"no rule allows {source} to {destination} port {port}"

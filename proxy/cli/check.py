@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import ipaddress
 import sys
+import time
 
 from .. import config
 from ..addresses import IPAddress, canonical_ip, format_hostport
@@ -25,6 +26,10 @@ def run_check(args: argparse.Namespace) -> int:
             print(problem)
         print(f"{args.file}: {len(e.problems)} error(s)")
         return 1
+    now = time.time()
+    for source in cfg.trusted_sources:
+        if source.expires <= now:
+            print(f"note: trusted source {source.name!r} ({source.owner}) has expired")
     print(f"{args.file}: OK ({len(cfg.policy.zones)} zones, {len(cfg.policy.rules)} rules)")
     return 0
 
