@@ -43,6 +43,8 @@ TOP_LEVEL_KEYS = frozenset(
         "access_log",
         "public_address",
         "pac",
+        "drain_timeout",
+        "pid_file",
     }
 )
 _DOMAIN_RE = re.compile(
@@ -78,6 +80,8 @@ class Config:
     public_address: tuple[str, int] | None = None  # what the PAC points clients at
     pac_domains: tuple[str, ...] = ()
     trusted_sources: tuple[TrustedSource, ...] = ()
+    drain_timeout: float = 30.0  # seconds open tunnels get to finish on SIGTERM
+    pid_file: Path | None = None
     access_log: AccessLogConfig = AccessLogConfig(None, "squid")
 
 
@@ -268,6 +272,8 @@ class _Builder:
         admin_listen = c.field(top, (), "admin_listen", lambda v: parse_hostport(_string(v)))
         access_log = self.access_log(top.get("access_log"))
         public_address = c.field(top, (), "public_address", _public_address)
+        drain_timeout = c.field(top, (), "drain_timeout", _seconds, 30.0)
+        pid_file = c.field(top, (), "pid_file", self.path)
         pac = c.mapping(top.get("pac"), ("pac",), {"domains"})
         pac_domains = []
         for i, domain in enumerate(c.items(pac.get("domains"), ("pac", "domains"))):
@@ -295,6 +301,8 @@ class _Builder:
             public_address=public_address,
             pac_domains=tuple(pac_domains),
             trusted_sources=tuple(trusted.values()),
+            drain_timeout=drain_timeout or 30.0,
+            pid_file=pid_file,
         )
 
     def access_log(self, value: Any) -> AccessLogConfig:

@@ -8,7 +8,9 @@ NextLayer addon, and no TLS addon is loaded, so TLS is never intercepted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from . import config as config_mod
 from .addon import Exchange, ProxydAddon, TunnelLayers
 from .admin import AdminServer
 from .errors import ConfigError
+from .executors.files import atomic_write
 from .executors.logfile import LogFile
 from .metrics import Metrics
 from .recorder import Recorder
@@ -100,6 +103,27 @@ class Lifecycle:
                 self.config_path,
             )
 
+    async def drain_and_exit(self, tunnels: dict[str, Exchange]) -> None:
+        """SIGTERM: stop accepting, report not-ready, let open tunnels finish, then exit."""
+        from mitmproxy import ctx
+
+        if not self.listening:
+            ctx.master.shutdown()
+            return
+        self.listening = False
+        ps: Any = ctx.master.addons.get("proxyserver")
+        await ps.servers.update([])  # closes the listening sockets, not the connections
+        timeout = self.addon.runtime.config.drain_timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if tunnels:
+            log.info("proxyd: draining %d open tunnel(s), up to %ss", len(tunnels), timeout)
+        while tunnels and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        if tunnels:
+            log.warning("proxyd: closing %d tunnel(s) still open after %ss", len(tunnels), timeout)
+        ctx.master.shutdown()
+
     async def done(self) -> None:
         self.listening = False
         await self.admin.stop()
@@ -158,9 +182,25 @@ def build_master(
 async def serve(config_path: Path, runtime: Runtime, first_run_hint: bool = False) -> int:
     master, lifecycle = build_master(config_path, runtime, first_run_hint)
     loop = asyncio.get_running_loop()
+    draining: list[asyncio.Task[None]] = []
+
+    def on_term() -> None:
+        if draining:  # a second SIGTERM/SIGINT: stop now
+            master.shutdown()
+            return
+        draining.append(loop.create_task(lifecycle.drain_and_exit(lifecycle.addon.tunnels)))
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, master.shutdown)
+        loop.add_signal_handler(sig, on_term)
     loop.add_signal_handler(signal.SIGHUP, lifecycle.reload)
     loop.add_signal_handler(signal.SIGUSR1, lifecycle.reopen_logs)
-    await master.run()
+    pid_file = runtime.config.pid_file
+    if pid_file is not None:
+        atomic_write(pid_file, f"{os.getpid()}\n".encode(), mode=0o644)
+    try:
+        await master.run()
+    finally:
+        if pid_file is not None:
+            with contextlib.suppress(OSError):
+                pid_file.unlink()
     return 1 if lifecycle.failed else 0

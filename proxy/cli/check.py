@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import os
+import signal
 import sys
 import time
 
@@ -31,6 +33,21 @@ def run_check(args: argparse.Namespace) -> int:
         if source.expires <= now:
             print(f"note: trusted source {source.name!r} ({source.owner}) has expired")
     print(f"{args.file}: OK ({len(cfg.policy.zones)} zones, {len(cfg.policy.rules)} rules)")
+    return 0
+
+
+def run_reload(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)  # refuse to signal with a config that won't load
+    if cfg.pid_file is None:
+        raise ConfigError(
+            [f"{args.config}: no pid_file set; use `systemctl reload proxyd` or kill -HUP"]
+        )
+    try:
+        pid = int(cfg.pid_file.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as e:
+        raise ConfigError([f"{cfg.pid_file}: cannot signal the proxy: {e}"]) from e
+    print(f"sent SIGHUP to proxyd (pid {pid})")
     return 0
 
 

@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", metavar="NAME")
     p.set_defaults(func=check.run_explain)
 
+    p = sub.add_parser("reload", help="make the running proxy re-read its config (SIGHUP)")
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    p.set_defaults(func=check.run_reload)
+
     p = sub.add_parser("pac", help="print the proxy.pac generated from the policy")
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     p.set_defaults(func=check.run_pac)
