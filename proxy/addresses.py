@@ -40,7 +40,7 @@ def parse_ip_literal(host: str) -> IPAddress | None:
             return canonical_ip(ipaddress.IPv6Address(text))
         except ValueError as e:
             raise BadDestination(f"invalid IPv6 address: {host!r}") from e
-    if _BSD_IPV4_RE.match(text):
+    if _BSD_IPV4_RE.fullmatch(text):
         try:
             return ipaddress.IPv4Address(socket.inet_aton(text))
         except OSError as e:
@@ -50,9 +50,10 @@ def parse_ip_literal(host: str) -> IPAddress | None:
 
 def validate_hostname(host: str) -> str:
     """A DNS name fit to resolve, lower-cased; anything else is refused before any lookup."""
-    if len(host) > 253 or not _HOSTNAME_RE.match(host):
+    bare = host.removesuffix(".")  # the root label's dot doesn't count toward 253
+    if len(bare) > 253 or not _HOSTNAME_RE.fullmatch(host):
         raise BadDestination(f"invalid host name: {host!r}")
-    return host.lower().rstrip(".")
+    return bare.lower()
 
 
 def parse_port(text: str) -> int:

@@ -206,7 +206,7 @@ def _string(value: Any) -> str:
 
 def _realm(value: Any) -> str:
     # The realm is quoted into every challenge header: no quotes, backslashes or controls.
-    if not isinstance(value, str) or not _REALM_RE.match(value):
+    if not isinstance(value, str) or not _REALM_RE.fullmatch(value):
         raise ValueError("must be 1-64 characters of letters, digits, space and ._@-")
     return value
 
@@ -277,7 +277,7 @@ class _Builder:
         pac = c.mapping(top.get("pac"), ("pac",), {"domains"})
         pac_domains = []
         for i, domain in enumerate(c.items(pac.get("domains"), ("pac", "domains"))):
-            if not isinstance(domain, str) or not _DOMAIN_RE.match(domain):
+            if not isinstance(domain, str) or not _DOMAIN_RE.fullmatch(domain):
                 c.error(("pac", "domains", i), f"not a domain such as .example.net: {domain!r}")
             else:
                 pac_domains.append(domain.lower())
@@ -334,7 +334,7 @@ class _Builder:
                 c.error((*path, "algorithms", i), f"{alg} listed twice")
             else:
                 algorithms.append(alg)
-        if "algorithms" in auth and not algorithms and not c.errors:
+        if auth.get("algorithms") == []:
             c.error((*path, "algorithms"), "at least one algorithm is needed")
         if users_file is None or secret_file is None or lifetime is None:
             return None
@@ -348,7 +348,7 @@ class _Builder:
             return {}
         for name, cidrs in value.items():
             path: KeyPath = ("zones", name)
-            if not _NAME_RE.match(name) or name in RESERVED_SELECTORS:
+            if not _NAME_RE.fullmatch(name) or name in RESERVED_SELECTORS:
                 c.error(path, "zone names are lower-case letters, digits, '_.-', not 'any'")
                 continue
             items = c.items(cidrs, path)
@@ -421,7 +421,11 @@ class _Builder:
             elif isinstance(item, str) and item in zones:
                 networks |= zones[item]
                 labels.append(item)
-            elif isinstance(item, str) and re.fullmatch(r"[0-9a-fA-F:.]+(/\d+)?", item):
+            elif isinstance(item, str) and re.fullmatch(
+                r"[0-9a-fA-F:.]*[:./][0-9a-fA-F:./]*", item
+            ):
+                # Only something with '.', ':' or '/' is read as an address: `cafe` is a
+                # mistyped zone name, not a malformed network.
                 try:
                     networks.add(str(_network(item)))
                     labels.append(item)

@@ -235,18 +235,20 @@ class ReplayWindow:
     def __len__(self) -> int:
         return len(self._seen)
 
-    def _evict(self, now: float) -> None:
+    def _evict(self, now: float, room_for_one: bool) -> None:
+        """Drop expired nonces and, only when a new one needs room, the oldest live one."""
         while self._seen:
             nonce, (expires_at, _) = next(iter(self._seen.items()))
-            if expires_at > now and len(self._seen) < self.max_nonces:
+            full = room_for_one and len(self._seen) >= self.max_nonces
+            if expires_at > now and not full:
                 break
             del self._seen[nonce]
 
     def accept(self, nonce: str, nc: int, expires_at: float, now: float) -> bool:
         """Record (nonce, nc); False if it was used before (a replay)."""
-        self._evict(now)
         seen = self._seen.get(nonce)
-        if seen is None:
+        self._evict(now, room_for_one=seen is None)
+        if seen is None or nonce not in self._seen:
             self._seen[nonce] = (expires_at, [nc, 1])
             return True
         state = seen[1]
@@ -272,6 +274,8 @@ class UserSecrets:
     name: str
     realm: str
     ha1: dict[str, str]
+    expires: float | None = None  # seconds since the epoch; refused from then on
+    note: str = ""  # who and why, for the operator
 
 
 def challenge(realm: str, algorithm: str, nonce: str, stale: bool) -> str:
@@ -339,6 +343,8 @@ class DigestVerifier:
             raise AuthFailure("algorithm_unavailable")
         if not matches:
             raise AuthFailure("bad_response")
+        if user.expires is not None and now >= user.expires:
+            raise AuthFailure("expired")  # said only to a client that knows the password
         if self.nonces.is_stale(issued, now):
             raise AuthFailure("stale", stale=True)
         if not self.replay.accept(creds.nonce, creds.nc, issued + self.nonces.lifetime, now):

@@ -1,14 +1,18 @@
 """The users file format, sans-IO: parse and format, names and passwords checked.
 
-One line per user, `name:realm:md5-ha1:sha256-ha1`, HA1 = H(name:realm:password) in hex.
-It is a superset of Apache's htdigest format (`name:realm:md5-ha1`), so an htdigest file
-reads as a users file whose users can do MD5 only. HA1 values are password equivalents for
+One line per user, `name:realm:md5-ha1:sha256-ha1[:expires[:note]]`, HA1 =
+H(name:realm:password) in hex, expires an ISO date (the first day the user is refused) and
+the note percent-encoded. It is a superset of Apache's htdigest format
+(`name:realm:md5-ha1`), so an htdigest file reads as a users file whose users can do MD5
+only. HA1 values are password equivalents for
 that realm: the file is written 0600 and never logged.
 """
 
 from __future__ import annotations
 
+import datetime
 import re
+import urllib.parse
 from collections.abc import Iterable
 
 from passlib.hash import htdigest
@@ -16,7 +20,13 @@ from passlib.hash import htdigest
 from .digest import UserSecrets, ha1
 from .errors import ConfigError
 
-HEADER = "# proxyd users file: name:realm:md5-ha1:sha256-ha1 (written by `proxyd users`)\n"
+HEADER = (
+    "# proxyd users file: name:realm:md5-ha1:sha256-ha1[:expires[:note]]"
+    " (written by `proxyd users`)\n"
+)
+# Percent-encode what would break the line format (':' '%', controls) and non-ASCII.
+_NOTE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in ":%")
+MAX_NOTE = 500
 _USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _HEX = {"MD5": re.compile(r"^[0-9a-f]{32}$"), "SHA-256": re.compile(r"^[0-9a-f]{64}$")}
 MIN_PASSWORD = 8
@@ -28,7 +38,7 @@ class BadUserInput(ValueError):
 
 
 def check_username(name: str) -> str:
-    if not _USERNAME_RE.match(name):
+    if not _USERNAME_RE.fullmatch(name):
         raise BadUserInput(
             f"invalid user name {name!r}: 1-64 of letters, digits and ._@-, "
             "starting with a letter or digit"
@@ -46,10 +56,35 @@ def check_password(password: str) -> str:
     return password
 
 
-def make_user(name: str, realm: str, password: str) -> UserSecrets:
+def check_note(note: str) -> str:
+    if len(note) > MAX_NOTE:
+        raise BadUserInput(f"note too long: at most {MAX_NOTE} characters")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in note):
+        raise BadUserInput("note contains control characters")
+    return note
+
+
+def parse_date(text: str) -> float:
+    """`2027-03-31` -> the instant that day starts (UTC): the first moment it is refused."""
+    try:
+        day = datetime.date.fromisoformat(text)
+    except ValueError:
+        raise BadUserInput(f"not a date like 2027-03-31: {text!r}") from None
+    return datetime.datetime.combine(day, datetime.time(), datetime.UTC).timestamp()
+
+
+def format_date(moment: float) -> str:
+    return datetime.datetime.fromtimestamp(moment, datetime.UTC).date().isoformat()
+
+
+def make_user(
+    name: str, realm: str, password: str, expires: float | None = None, note: str = ""
+) -> UserSecrets:
     check_username(name)
     check_password(password)
     return UserSecrets(
+        expires=expires,
+        note=check_note(note),
         name=name,
         realm=realm,
         ha1={
@@ -69,11 +104,18 @@ def parse_users(text: str, filename: str) -> dict[str, UserSecrets]:
             continue
         where = f"{filename}:{number}"
         fields = line.rstrip("\r").split(":")
-        if len(fields) not in (3, 4):
-            errors.append(f"{where}: expected name:realm:md5-ha1[:sha256-ha1]")
+        if not 3 <= len(fields) <= 6:
+            errors.append(f"{where}: expected name:realm:md5-ha1[:sha256-ha1[:expires[:note]]]")
             continue
-        name, realm, *hashes = fields
-        if not _USERNAME_RE.match(name):
+        name, realm, *hashes = fields[:4]
+        expires: float | None = None
+        if len(fields) > 4 and fields[4]:
+            try:
+                expires = parse_date(fields[4])
+            except BadUserInput as e:
+                errors.append(f"{where}: user {name!r}: expires: {e}")
+        note = urllib.parse.unquote(fields[5]) if len(fields) > 5 else ""
+        if not _USERNAME_RE.fullmatch(name):
             errors.append(f"{where}: invalid user name {name!r}")
             continue
         secrets: dict[str, str] = {}
@@ -87,7 +129,7 @@ def parse_users(text: str, filename: str) -> dict[str, UserSecrets]:
             errors.append(f"{where}: user {name!r} has no hash")
         if name in users:
             errors.append(f"{where}: user {name!r} listed twice")
-        users[name] = UserSecrets(name=name, realm=realm, ha1=secrets)
+        users[name] = UserSecrets(name, realm, secrets, expires, note)
     if errors:
         raise ConfigError(errors)
     return users
@@ -96,5 +138,19 @@ def parse_users(text: str, filename: str) -> dict[str, UserSecrets]:
 def format_users(users: Iterable[UserSecrets]) -> str:
     lines = [HEADER]
     for u in sorted(users, key=lambda u: u.name):
-        lines.append(f"{u.name}:{u.realm}:{u.ha1.get('MD5', '')}:{u.ha1.get('SHA-256', '')}\n")
+        fields = [u.name, u.realm, u.ha1.get("MD5", ""), u.ha1.get("SHA-256", "")]
+        if u.expires is not None or u.note:
+            fields.append(format_date(u.expires) if u.expires is not None else "")
+        if u.note:
+            fields.append(urllib.parse.quote(u.note, safe=_NOTE_SAFE))
+        lines.append(":".join(fields) + "\n")
     return "".join(lines)
+
+
+def format_htdigest(users: Iterable[UserSecrets]) -> str:
+    """Apache htdigest lines (`name:realm:md5-ha1`), which Squid's digest_file_auth -c reads."""
+    return "".join(
+        f"{u.name}:{u.realm}:{u.ha1['MD5']}\n"
+        for u in sorted(users, key=lambda u: u.name)
+        if "MD5" in u.ha1
+    )

@@ -47,7 +47,13 @@ def load(text: str, filename: str) -> Located:
         root = loader.get_single_node()
         lines: dict[Path, int] = {}
         budget = [MAX_NODES]
-        value = _build(loader, root, (), lines, filename, budget) if root is not None else None
+        value = (
+            _build(loader, root, (), lines, filename, budget, frozenset())
+            if root is not None
+            else None
+        )
+    except RecursionError as e:  # PyYAML's composer recurses once per nesting level
+        raise ConfigError([f"{filename}: nested too deeply"]) from e
     except yaml.MarkedYAMLError as e:
         line = e.problem_mark.line + 1 if e.problem_mark else 1
         raise ConfigError([f"{filename}:{line}: YAML syntax error: {e.problem}"]) from e
@@ -65,11 +71,19 @@ def _build(
     lines: dict[Path, int],
     filename: str,
     budget: list[int],
+    ancestors: frozenset[int],
+    line: int | None = None,
 ) -> Any:
     budget[0] -= 1
     if budget[0] < 0:
         raise ConfigError([f"{filename}: document too large or too many aliases"])
-    lines[path] = node.start_mark.line + 1
+    if id(node) in ancestors:  # `&a [*a]`: an alias to a node that contains it
+        where = f"{filename}:{node.start_mark.line + 1}: {format_path(path)}"
+        raise ConfigError([f"{where}: recursive alias"])
+    ancestors = ancestors | {id(node)}
+    # A mapping value is located at its key: `bogus:` with a block value below it is
+    # reported on the key's line, not on the first line of the value.
+    lines[path] = line if line is not None else node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
@@ -80,11 +94,20 @@ def _build(
             if key in out:
                 where = f"{filename}:{key_node.start_mark.line + 1}: {format_path((*path, key))}"
                 raise ConfigError([f"{where}: duplicate key"])
-            out[key] = _build(loader, value_node, (*path, key), lines, filename, budget)
+            out[key] = _build(
+                loader,
+                value_node,
+                (*path, key),
+                lines,
+                filename,
+                budget,
+                ancestors,
+                key_node.start_mark.line + 1,
+            )
         return out
     if isinstance(node, yaml.SequenceNode):
         return [
-            _build(loader, item, (*path, i), lines, filename, budget)
+            _build(loader, item, (*path, i), lines, filename, budget, ancestors)
             for i, item in enumerate(node.value)
         ]
     return loader.construct_object(node, deep=True)

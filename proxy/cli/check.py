@@ -11,7 +11,7 @@ import sys
 import time
 
 from .. import config
-from ..addresses import IPAddress, canonical_ip, format_hostport
+from ..addresses import IPAddress, canonical_ip, format_hostport, parse_port
 from ..errors import BadDestination, ConfigError
 from ..executors.resolver import ResolveError, Resolver, load_hosts
 from ..executors.userfile import read_users
@@ -73,9 +73,9 @@ def run_explain(args: argparse.Namespace) -> int:
     except ValueError:
         raise BadDestination(f"--from: not an IP address: {args.source!r}") from None
     host, sep, port_text = args.target.rpartition(":")
-    if not sep or not port_text.isdigit():
+    if not sep:
         raise BadDestination(f"--to: expected HOST:PORT, got {args.target!r}")
-    target = parse_target(host, int(port_text))
+    target = parse_target(host, parse_port(port_text))
     addresses: tuple[IPAddress, ...]
     if target.literal is not None:
         addresses = (target.literal,)

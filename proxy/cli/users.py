@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
+import re
 import secrets
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,18 @@ from ..digest import UserSecrets
 from ..errors import ConfigError
 from ..executors.files import atomic_write, locked
 from ..executors.userfile import read_users
-from ..users import BadUserInput, check_password, check_username, format_users, make_user
+from ..users import (
+    MAX_PASSWORD,
+    BadUserInput,
+    check_note,
+    check_password,
+    check_username,
+    format_date,
+    format_htdigest,
+    format_users,
+    make_user,
+    parse_date,
+)
 
 GENERATED_PASSWORD_BYTES = 18  # 24 characters of base64url
 
@@ -36,7 +50,15 @@ def add_parser(sub: Any) -> None:
         source = q.add_mutually_exclusive_group()
         source.add_argument("--password-stdin", action="store_true", help="read it from stdin")
         source.add_argument("--generate", action="store_true", help="generate and print one")
+        if action == "add":
+            q.add_argument("--expires", metavar="DATE", help="first day refused (YYYY-MM-DD)")
+            q.add_argument("--note", default="", help="who and why (partner, project, ticket)")
         q.set_defaults(func=func)
+
+    q = users.add_parser("renew", help="set a user's expiry date")
+    q.add_argument("name")
+    q.add_argument("--expires", metavar="DATE", required=True, help="YYYY-MM-DD, or 'never'")
+    q.set_defaults(func=run_renew)
 
     q = users.add_parser("remove", help="remove a user")
     q.add_argument("name")
@@ -44,6 +66,11 @@ def add_parser(sub: Any) -> None:
 
     q = users.add_parser("list", help="list users")
     q.set_defaults(func=run_list)
+
+    q = users.add_parser("export", help="write the users as an htdigest file (MD5)")
+    q.add_argument("--format", choices=["htdigest"], default="htdigest")
+    q.add_argument("--output", type=Path, help="file to write (mode 0600); default stdout")
+    q.set_defaults(func=run_export)
 
     q = users.add_parser("import", help="import an Apache htdigest file")
     q.add_argument("file", type=Path)
@@ -56,8 +83,9 @@ def read_password(args: argparse.Namespace) -> tuple[str, bool]:
     if args.generate:
         return secrets.token_urlsafe(GENERATED_PASSWORD_BYTES), True
     if args.password_stdin:
-        line = sys.stdin.readline()
-        return check_password(line.removesuffix("\n").removesuffix("\r")), False
+        # All of stdin: a second line is an error (a stray newline), never silently dropped.
+        data = sys.stdin.read(MAX_PASSWORD + 3)
+        return check_password(data.removesuffix("\n").removesuffix("\r")), False
     if not sys.stdin.isatty():
         raise BadUserInput("no password: use --password-stdin or --generate")
     first = getpass.getpass("Password: ")
@@ -89,13 +117,20 @@ def _set_password(args: argparse.Namespace, must_exist: bool) -> int:
         if not must_exist and name in users:
             raise BadUserInput(f"user exists: {name} (use `users passwd`)")
 
+    expires = parse_date(args.expires) if getattr(args, "expires", None) else None
+    note = check_note(getattr(args, "note", ""))
     # Check before asking for a password, then again under the lock.
     precheck(read_users(cfg.auth.users_file))
     password, generated = read_password(args)
 
     def change(users: dict[str, UserSecrets]) -> None:
         precheck(users)
-        users[name] = make_user(name, cfg.realm, password)
+        old = users.get(name)
+        if old is not None:  # passwd keeps the expiry and note
+            expires_, note_ = old.expires, old.note
+        else:
+            expires_, note_ = expires, note
+        users[name] = make_user(name, cfg.realm, password, expires_, note_)
 
     edit_users(cfg, change)
     if generated:
@@ -125,18 +160,54 @@ def run_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_renew(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    name = check_username(args.name)
+    expires = None if args.expires == "never" else parse_date(args.expires)
+
+    def change(users: dict[str, UserSecrets]) -> None:
+        user = users.get(name)
+        if user is None:
+            raise BadUserInput(f"no such user: {name}")
+        users[name] = dataclasses.replace(user, expires=expires)
+
+    edit_users(cfg, change)
+    until = "never expires" if expires is None else f"refused from {args.expires}"
+    print(f"renewed {name}: {until}", file=sys.stderr)
+    return 0
+
+
 def run_list(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     users = read_users(cfg.auth.users_file)
-    print(f"{'NAME':<24} {'ALGORITHMS':<14} NOTE")
+    now = time.time()
+    print(f"{'NAME':<24} {'ALGORITHMS':<14} {'EXPIRES':<11} NOTE")
     for user in sorted(users.values(), key=lambda u: u.name):
         algorithms = ",".join(a for a in ("MD5", "SHA-256") if a in user.ha1)
-        notes = []
+        expires = "-" if user.expires is None else format_date(user.expires)
+        notes = [user.note] if user.note else []
+        if user.expires is not None and user.expires <= now:
+            notes.append("EXPIRED")
         if "SHA-256" not in user.ha1:
             notes.append("MD5 only until the password is set again")
         if user.realm != cfg.realm:
             notes.append(f"realm {user.realm!r} differs from {cfg.realm!r}: cannot log in")
-        print(f"{user.name:<24} {algorithms:<14} {'; '.join(notes)}")
+        print(f"{user.name:<24} {algorithms:<14} {expires:<11} {'; '.join(notes)}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    now = time.time()
+    users = read_users(cfg.auth.users_file).values()
+    live = [u for u in users if u.realm == cfg.realm and (u.expires is None or u.expires > now)]
+    if len(live) < len(users):
+        print(f"left out {len(users) - len(live)} expired or other-realm user(s)", file=sys.stderr)
+    text = format_htdigest(live)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        atomic_write(args.output, text.encode("utf-8"))
     return 0
 
 
@@ -154,8 +225,11 @@ def run_import(args: argparse.Namespace) -> int:
                 continue
             check_username(name)
             ha1 = htdigest.get_hash(name, realm)
-            assert ha1 is not None
-            imported.append(UserSecrets(name, realm, {"MD5": ha1.decode("ascii").lower()}))
+            # libpass returns str, passlib bytes; either way it must be 32 hex digits.
+            text = ha1.decode("ascii", "replace") if isinstance(ha1, bytes) else str(ha1)
+            if not re.fullmatch(r"[0-9a-fA-F]{32}", text):
+                raise ConfigError([f"{args.file}: user {name!r}: malformed MD5 hash"])
+            imported.append(UserSecrets(name, realm, {"MD5": text.lower()}))
     added: list[str] = []
 
     def change(users: dict[str, UserSecrets]) -> None:

@@ -1,0 +1,127 @@
+"""Destination host parsing: every IP-literal spelling normalised, names validated."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from proxy.addresses import parse_ip_literal, validate_hostname
+from proxy.errors import BadDestination
+
+LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
+
+
+@pytest.mark.parametrize(
+    "host, expected",
+    [
+        ("127.0.0.1", LOOPBACK),
+        ("2130706433", LOOPBACK),
+        ("0x7f000001", LOOPBACK),
+        ("0X7F000001", LOOPBACK),
+        ("0177.0.0.1", LOOPBACK),
+        ("0177.0000.0.01", LOOPBACK),
+        ("127.1", LOOPBACK),
+        ("127.0.1", LOOPBACK),
+        ("0x7f.1", LOOPBACK),
+        ("0x7f.0.0.0x1", LOOPBACK),
+        ("::ffff:127.0.0.1", LOOPBACK),
+        ("[::ffff:127.0.0.1]", LOOPBACK),
+        ("[::ffff:7f00:1]", LOOPBACK),
+        ("80.158.0.10", ipaddress.IPv4Address("80.158.0.10")),
+        ("0", ipaddress.IPv4Address("0.0.0.0")),
+        ("4294967295", ipaddress.IPv4Address("255.255.255.255")),
+        ("[::1]", ipaddress.IPv6Address("::1")),
+        ("::1", ipaddress.IPv6Address("::1")),
+        ("[2001:DB8::1]", ipaddress.IPv6Address("2001:db8::1")),
+        ("[2001:db8:0:0:0:0:0:1]", ipaddress.IPv6Address("2001:db8::1")),
+    ],
+)
+def test_ip_literals_are_normalised(host: str, expected: ipaddress.IPv4Address) -> None:
+    address = parse_ip_literal(host)
+    assert address == expected
+    assert type(address) is type(expected)
+
+
+@pytest.mark.parametrize(
+    "host, message",
+    [
+        ("fe80::1%eth0", "scoped"),
+        ("[fe80::1%25eth0]", "scoped"),
+        ("[fe80::1%eth0]", "scoped"),
+        ("999.1.1.1", "invalid IPv4"),
+        ("1.2.3.256", "invalid IPv4"),
+        ("4294967296", "invalid IPv4"),
+        ("08.1.1.1", "invalid IPv4"),
+        ("1.2.65536", "invalid IPv4"),
+        ("[::1", "invalid IPv6"),
+        ("[:::1]", "invalid IPv6"),
+        ("[1::2::3]", "invalid IPv6"),
+        ("[::ffff:999.0.0.1]", "invalid IPv6"),
+    ],
+)
+def test_bad_ip_literals_are_refused(host: str, message: str) -> None:
+    with pytest.raises(BadDestination, match=message):
+        parse_ip_literal(host)
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["example.com", "localhost", "api.preprod.test", "1.2.3.4.5", "0x7g", "1e100.net", "a-1.b"],
+)
+def test_names_are_not_literals(host: str) -> None:
+    assert parse_ip_literal(host) is None
+
+
+@pytest.mark.parametrize(
+    "host, expected",
+    [
+        ("example.com", "example.com"),
+        ("EXAMPLE.Com", "example.com"),
+        ("example.com.", "example.com"),
+        ("x", "x"),
+        ("_sip._tcp.example.com", "_sip._tcp.example.com"),
+        ("a-b.c-d", "a-b.c-d"),
+        ("xn--bcher-kva.example", "xn--bcher-kva.example"),
+        ("a" * 63 + ".test", "a" * 63 + ".test"),
+        (".".join(["a" * 63] * 3 + ["b" * 61]), ".".join(["a" * 63] * 3 + ["b" * 61])),
+    ],
+)
+def test_valid_hostnames(host: str, expected: str) -> None:
+    assert validate_hostname(host) == expected
+
+
+def test_longest_name_with_trailing_dot() -> None:
+    host = ".".join(["a" * 63] * 3 + ["b" * 61])
+    assert validate_hostname(host + ".") == host
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        pytest.param("", id="empty"),
+        pytest.param(".", id="only-dot"),
+        pytest.param("a..b", id="empty-label"),
+        pytest.param(".a", id="leading-dot"),
+        pytest.param("a.com..", id="two-trailing-dots"),
+        pytest.param("-a.com", id="leading-hyphen"),
+        pytest.param("a.-b.com", id="label-leading-hyphen"),
+        pytest.param("a-.com", id="trailing-hyphen"),
+        pytest.param("a" * 64 + ".test", id="label-too-long"),
+        pytest.param(".".join(["a" * 63] * 3 + ["b" * 62]), id="254-chars"),
+        pytest.param("a b.test", id="space"),
+        pytest.param("a/b.test", id="slash"),
+        pytest.param("a:b", id="colon"),
+        pytest.param("user@host", id="at"),
+        pytest.param("évil.test", id="non-ascii"),
+        pytest.param("evil.test\r\nX: y", id="crlf-injection"),
+        pytest.param("evil.test\x00.good", id="nul"),
+        pytest.param(
+            "evil.test\n",
+            id="trailing-newline",
+        ),
+    ],
+)
+def test_invalid_hostnames(host: str) -> None:
+    with pytest.raises(BadDestination, match="invalid host name"):
+        validate_hostname(host)
