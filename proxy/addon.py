@@ -7,6 +7,7 @@ goes to the address the policy checked, never to a name resolved again.
 
 from __future__ import annotations
 
+import collections
 import time
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ from .errors import BadDestination
 from .executors.resolver import ResolveError
 from .recorder import Recorder
 from .runtime import Runtime
+from .throttle import FailureThrottle
 
 HOP_BY_HOP_PROXY_HEADERS = ("Proxy-Authorization", "Proxy-Connection")
 PAC_PATHS = ("/proxy.pac", "/wpad.dat")
@@ -117,10 +119,28 @@ class ProxydAddon:
         self.runtime = runtime
         self.recorder = recorder
         self.tunnels = tunnels  # by client connection id: one tunnel per connection
+        limits = runtime.config.limits
+        # Abuse state outlives reloads; a reload only changes the limits.
+        self.source_failures = FailureThrottle(limits.failures_per_source)
+        self.user_failures = FailureThrottle(limits.failures_per_user)
+        self.connections: collections.Counter[str] = collections.Counter()
+        self.over_limit: set[str] = set()  # client ids refused for too many connections
 
     def swap(self, runtime: Runtime) -> None:
         """Install a fully built runtime (reload): one reference, never a half-built one."""
         self.runtime = runtime
+        self.source_failures.spec = runtime.config.limits.failures_per_source
+        self.user_failures.spec = runtime.config.limits.failures_per_user
+
+    # --- connections per source ---------------------------------------------------------
+
+    def client_connected(self, client: connection.Client) -> None:
+        source = client.peername[0]
+        if self.connections[source] >= self.runtime.config.limits.max_connections_per_source:
+            # Not counted; its first request gets a 429 (a clear answer, not a reset).
+            self.over_limit.add(client.id)
+        else:
+            self.connections[source] += 1
 
     # --- admission ----------------------------------------------------------------------
 
@@ -138,6 +158,13 @@ class ProxydAddon:
         runtime = self.runtime  # one config for the whole decision, even across a reload
         request = flow.request
         is_connect = request.method.upper() == "CONNECT"
+        if flow.client_conn.id in self.over_limit:
+            limit = runtime.config.limits.max_connections_per_source
+            too_many = gate.Refusal(
+                429, f"more than {limit} connections from your address", "connections"
+            )
+            self._refuse(flow, too_many, None)
+            return
         if not is_connect and addressed_to_proxy(flow, runtime):
             self._serve_local(flow, runtime)
             return
@@ -152,9 +179,25 @@ class ProxydAddon:
         except BadDestination as e:
             self._refuse(flow, gate.Refusal(400, str(e), "bad_destination"), None)
             return
+        source_key = flow.client_conn.peername[0]
+        claimed = gate.claimed_username(credentials) if credentials else None
+        if credentials and (
+            self.source_failures.throttled(source_key, started)
+            or (claimed is not None and self.user_failures.throttled(claimed, started))
+        ):
+            # Not even verified: a guesser learns nothing while throttled.
+            self._refuse(
+                flow, gate.Refusal(429, "too many failed logins, retry later", "throttled"), claimed
+            )
+            return
         identity = gate.identify(
             runtime, credentials, request.method.upper(), request_uris(request), started
         )
+        failure = identity.auth_failure.reason if identity.auth_failure else None
+        if identity.refusal is not None or (failure and failure not in gate.NOT_ABUSE):
+            self.source_failures.failed(source_key, started)
+            if claimed is not None:
+                self.user_failures.failed(claimed, started)
         if identity.refusal is not None:
             self._refuse(flow, identity.refusal, None)
             return
@@ -235,6 +278,10 @@ class ProxydAddon:
 
     def _refuse(self, flow: http.HTTPFlow, refusal: gate.Refusal, user: str | None) -> None:
         headers: list[tuple[bytes, bytes]] = [(b"Content-Type", b"text/plain; charset=utf-8")]
+        if refusal.status == 429:
+            headers.append((b"Retry-After", b"60"))
+            if refusal.cause == "connections":
+                headers.append((b"Connection", b"close"))
         if refusal.status == 407:
             for value in self.runtime.challenges(refusal.stale):
                 headers.append((b"Proxy-Authenticate", value.encode("ascii")))
@@ -262,10 +309,14 @@ class ProxydAddon:
                 bytes_up=0,
                 bytes_down=len(body),
                 rule=refusal.rule,
-                auth=refusal.cause if refusal.status == 407 else ("ok" if user else "none"),
+                auth=(
+                    refusal.cause
+                    if refusal.status == 407 or refusal.cause == "throttled"
+                    else ("ok" if user else "none")
+                ),
                 content_type="text/plain",
             ),
-            decision=refusal.cause if refusal.status != 407 else "auth_required",
+            decision="auth_required" if refusal.status == 407 else refusal.cause,
         )
 
     # --- the end of admitted requests and tunnels ---------------------------------------
@@ -305,6 +356,13 @@ class ProxydAddon:
             exchange.status = flow.response.status_code  # upstream unreachable: 502
 
     def client_disconnected(self, client: connection.Client) -> None:
+        if client.id in self.over_limit:
+            self.over_limit.discard(client.id)
+        else:
+            source = client.peername[0]
+            self.connections[source] -= 1
+            if self.connections[source] <= 0:
+                del self.connections[source]
         exchange = self.tunnels.pop(client.id, None)
         if exchange is not None:
             self.recorder.metrics.tunnels_active.dec()

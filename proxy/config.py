@@ -20,6 +20,7 @@ from . import yamlloc
 from .digest import ALGORITHMS
 from .errors import ConfigError
 from .policy import AddressSet, AuthMode, Policy, PortRange, Rule, TrustedSource
+from .throttle import BucketSpec
 from .yamlloc import Located
 from .yamlloc import Path as KeyPath
 
@@ -45,6 +46,7 @@ TOP_LEVEL_KEYS = frozenset(
         "pac",
         "drain_timeout",
         "pid_file",
+        "limits",
     }
 )
 _DOMAIN_RE = re.compile(
@@ -66,6 +68,19 @@ class AccessLogConfig:
     format: str  # squid | json
 
 
+# A user mistyping a password a few times is never slowed; a guesser is, within seconds.
+SOURCE_FAILURES = BucketSpec(burst=20, per_minute=10)
+USER_FAILURES = BucketSpec(burst=10, per_minute=5)
+
+
+@dataclass(frozen=True)
+class Limits:
+    failures_per_source: BucketSpec = SOURCE_FAILURES
+    failures_per_user: BucketSpec = USER_FAILURES
+    max_header_bytes: int = 32 * 1024
+    max_connections_per_source: int = 512
+
+
 @dataclass(frozen=True)
 class Config:
     source: Path
@@ -82,6 +97,7 @@ class Config:
     trusted_sources: tuple[TrustedSource, ...] = ()
     drain_timeout: float = 30.0  # seconds open tunnels get to finish on SIGTERM
     pid_file: Path | None = None
+    limits: Limits = Limits()
     access_log: AccessLogConfig = AccessLogConfig(None, "squid")
 
 
@@ -192,6 +208,12 @@ def parse_expiry(value: Any) -> float:
     return moment.timestamp()
 
 
+def _rate(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1e6:
+        raise ValueError(f"must be a positive number per minute, not {value!r}")
+    return float(value)
+
+
 def _seconds(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
         raise ValueError(f"must be a number of seconds in (0, 3600], not {value!r}")
@@ -274,6 +296,7 @@ class _Builder:
         public_address = c.field(top, (), "public_address", _public_address)
         drain_timeout = c.field(top, (), "drain_timeout", _seconds, 30.0)
         pid_file = c.field(top, (), "pid_file", self.path)
+        limits = self.limits(top.get("limits"))
         pac = c.mapping(top.get("pac"), ("pac",), {"domains"})
         pac_domains = []
         for i, domain in enumerate(c.items(pac.get("domains"), ("pac", "domains"))):
@@ -303,6 +326,44 @@ class _Builder:
             trusted_sources=tuple(trusted.values()),
             drain_timeout=drain_timeout or 30.0,
             pid_file=pid_file,
+            limits=limits,
+        )
+
+    def limits(self, value: Any) -> Limits:
+        c, path, default = self.c, ("limits",), Limits()
+        section = c.mapping(
+            value,
+            path,
+            {"auth_failures", "max_header_bytes", "max_connections_per_source"},
+        )
+        failures = c.mapping(
+            section.get("auth_failures"), (*path, "auth_failures"), {"per_source", "per_user"}
+        )
+        buckets = []
+        for key, fallback in (
+            ("per_source", default.failures_per_source),
+            ("per_user", default.failures_per_user),
+        ):
+            where: KeyPath = (*path, "auth_failures", key)
+            spec = c.mapping(failures.get(key), where, {"burst", "per_minute"})
+            burst = c.field(spec, where, "burst", _integer(1, 100_000), fallback.burst)
+            rate = c.field(spec, where, "per_minute", _rate, fallback.per_minute)
+            buckets.append(BucketSpec(burst or fallback.burst, rate or fallback.per_minute))
+        header_bytes = c.field(
+            section, path, "max_header_bytes", _integer(1024, 1 << 20), default.max_header_bytes
+        )
+        connections = c.field(
+            section,
+            path,
+            "max_connections_per_source",
+            _integer(1, 1_000_000),
+            default.max_connections_per_source,
+        )
+        return Limits(
+            buckets[0],
+            buckets[1],
+            header_bytes or default.max_header_bytes,
+            connections or default.max_connections_per_source,
         )
 
     def access_log(self, value: Any) -> AccessLogConfig:

@@ -77,6 +77,20 @@ def identify(
     return Identity(user=user)
 
 
+def claimed_username(header_values: Sequence[str]) -> str | None:
+    """The user name a Digest header claims, unverified (to throttle guessing per user)."""
+    if len(header_values) != 1:
+        return None
+    try:
+        return parse_credentials(header_values[0]).username
+    except MalformedCredentials:
+        return None
+
+
+# Failures that are part of normal operation are not held against a client.
+NOT_ABUSE = frozenset({"stale", "no_credentials"})
+
+
 def admit(
     policy: Policy,
     source: IPAddress,

@@ -21,6 +21,7 @@ from mitmproxy.master import Master
 from mitmproxy.proxy import mode_servers
 
 from . import config as config_mod
+from . import headerlimit
 from .addon import Exchange, ProxydAddon, TunnelLayers
 from .admin import AdminServer
 from .errors import ConfigError
@@ -46,6 +47,7 @@ async def _listen_with_backlog(
     return [server]
 
 
+headerlimit.install()
 mode_servers.RegularInstance.listen = _listen_with_backlog  # type: ignore[method-assign,assignment]
 
 
@@ -150,6 +152,7 @@ class Lifecycle:
             if before != after:
                 log.warning("reload: a new %s takes effect on restart only", what)
         self.addon.swap(runtime)
+        headerlimit.HeaderLimit.bytes = new.limits.max_header_bytes
         self.metrics.reloads.labels("config", "ok").inc()
         log.info("config reloaded from %s", self.config_path)
 
@@ -159,6 +162,7 @@ def build_master(
 ) -> tuple[Master, Lifecycle]:
     """The master with exactly proxyd's addons. Needs a running event loop."""
     cfg = runtime.config
+    headerlimit.HeaderLimit.bytes = cfg.limits.max_header_bytes
     opts = options.Options()
     master = Master(opts)
     metrics = Metrics()
