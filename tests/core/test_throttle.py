@@ -12,8 +12,8 @@ def test_burst_then_throttled_then_refilled() -> None:
         t.failed("1.2.3.4", now)
     assert t.throttled("1.2.3.4", 0.3)
     assert not t.throttled("5.6.7.8", 0.3)  # per key
-    assert t.throttled("1.2.3.4", 10.1)  # 0.98 tokens
-    assert not t.throttled("1.2.3.4", 10.3)
+    assert t.throttled("1.2.3.4", 9.8)  # 0.02 left after the burst, +0.96 refilled
+    assert not t.throttled("1.2.3.4", 10.1)
 
 
 def test_refill_is_capped_at_burst() -> None:
