@@ -105,6 +105,10 @@ class Lifecycle:
                 self.config_path,
             )
 
+    def count_user_reloads(self, runtime: Runtime) -> None:
+        reloads = self.metrics.reloads
+        runtime.users.on_reload = lambda ok: reloads.labels("users", "ok" if ok else "error").inc()
+
     async def drain_and_exit(self, tunnels: dict[str, Exchange]) -> None:
         """SIGTERM: stop accepting, report not-ready, let open tunnels finish, then exit."""
         from mitmproxy import ctx
@@ -152,6 +156,7 @@ class Lifecycle:
             if before != after:
                 log.warning("reload: a new %s takes effect on restart only", what)
         self.addon.swap(runtime)
+        self.count_user_reloads(runtime)
         headerlimit.HeaderLimit.bytes = new.limits.max_header_bytes
         self.metrics.reloads.labels("config", "ok").inc()
         log.info("config reloaded from %s", self.config_path)
@@ -171,6 +176,7 @@ def build_master(
     tunnels: dict[str, Exchange] = {}
     addon = ProxydAddon(runtime, Recorder(metrics, access_log, cfg.access_log.format), tunnels)
     lifecycle = Lifecycle(config_path, addon, first_run_hint, access_log)
+    lifecycle.count_user_reloads(runtime)
     master.addons.add(proxyserver.Proxyserver(), TunnelLayers(tunnels), addon, lifecycle)
     opts.update(
         mode=["regular"],

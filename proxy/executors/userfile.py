@@ -44,6 +44,7 @@ class UserFile:
         self._users: dict[str, UserSecrets] = {}
         self._stamp: tuple[int, int, int] | None = None
         self._next_check = 0.0
+        self.on_reload: Callable[[bool], None] = lambda ok: None  # metrics hook
         self.reload(strict=True)
 
     def _file_stamp(self) -> tuple[int, int, int] | None:
@@ -82,8 +83,11 @@ class UserFile:
         if now < self._next_check:
             return
         self._next_check = now + self.interval
-        if self._file_stamp() != self._stamp and self.reload():
-            log.info("users file reloaded: %d users", len(self._users))
+        if self._file_stamp() != self._stamp:
+            ok = self.reload()
+            self.on_reload(ok)
+            if ok:
+                log.info("users file reloaded: %d users", len(self._users))
 
     def lookup(self, name: str) -> UserSecrets | None:
         self.maybe_reload()

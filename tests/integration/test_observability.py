@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import re
 import signal
+import subprocess
 import urllib.request
 from pathlib import Path
 
 import pytest
-from harness import BANNER, ORIGIN_HOST, Origins, ProxydHandle, RawConnection, curl
+from harness import BANNER, ORIGIN_HOST, Origins, ProxydHandle, RawConnection, curl, require_tool
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.timeout(120)
@@ -79,6 +80,11 @@ def test_metrics_count_requests_failures_tunnels_and_bytes(
 
     status, text = admin_get(observed, "/metrics")
     assert status == 200
+    promtool = require_tool("promtool")
+    lint = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
     m = samples(text)
     assert value(m, "proxyd_requests_total", kind="http", decision="allow", status="200") == 1
     assert value(m, "proxyd_requests_total", kind="tunnel", decision="allow", status="200") == 1
