@@ -249,8 +249,11 @@ class ProxydAddon:
                 "ETag": pac.etag,
                 "Cache-Control": "max-age=300",
             }
-            if request.headers.get("If-None-Match") == pac.etag:
+            if etag_matches(request.headers.get("If-None-Match"), pac.etag):
                 flow.response = http.Response.make(304, b"", headers)
+            elif request.method == "HEAD":  # the headers of a GET, no content
+                flow.response = http.Response.make(200, b"", headers)
+                flow.response.headers["Content-Length"] = str(len(pac.text.encode()))
             else:
                 flow.response = http.Response.make(200, pac.text, headers)
         else:
@@ -367,6 +370,14 @@ class ProxydAddon:
         if exchange is not None:
             self.recorder.metrics.tunnels_active.dec()
             self.recorder.record(exchange.record(time.time()), decision="allow")
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """RFC 9110 13.1.2: `*`, or a list of tags compared weakly (W/ ignored)."""
+    if not if_none_match:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+    return "*" in tags or etag in tags
 
 
 def addressed_to_proxy(flow: http.HTTPFlow, runtime: Runtime) -> bool:

@@ -63,6 +63,7 @@ def parse_port(text: str) -> int:
 
 
 def format_hostport(address: IPAddress | str, port: int) -> str:
-    if isinstance(address, ipaddress.IPv6Address):
+    """`host:port`, with IPv6 in brackets however it is given."""
+    if isinstance(address, ipaddress.IPv6Address) or ":" in str(address):
         return f"[{address}]:{port}"
     return f"{address}:{port}"

@@ -23,6 +23,7 @@ from mitmproxy.proxy import mode_servers
 from . import config as config_mod
 from . import headerlimit
 from .addon import Exchange, ProxydAddon, TunnelLayers
+from .addresses import format_hostport
 from .admin import AdminServer
 from .errors import ConfigError
 from .executors.files import atomic_write
@@ -49,10 +50,6 @@ async def _listen_with_backlog(
 
 headerlimit.install()
 mode_servers.RegularInstance.listen = _listen_with_backlog  # type: ignore[method-assign,assignment]
-
-
-def _shown(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class Lifecycle:
@@ -90,13 +87,13 @@ class Lifecycle:
             try:
                 host, port = await self.admin.start(*admin_listen)
             except OSError as e:
-                log.error("proxyd: admin listener on %s: %s", _shown(*admin_listen), e)
+                log.error("proxyd: admin listener on %s: %s", format_hostport(*admin_listen), e)
                 self.failed = True
                 ctx.master.shutdown()
                 return
-            log.info("proxyd: admin listening on %s", _shown(host, port))
+            log.info("proxyd: admin listening on %s", format_hostport(host, port))
         for addr in addrs:
-            log.info("proxyd: listening on %s", _shown(addr[0], addr[1]))
+            log.info("proxyd: listening on %s", format_hostport(addr[0], addr[1]))
         self.listening = True
         if self.first_run_hint and len(self.addon.runtime.users) == 0:
             log.info(

@@ -61,7 +61,18 @@ function proxydPortIn(port, ranges) {
   return false;
 }
 
+function proxydV4Mapped(ip) {
+  // ::ffff:a.b.c.d and ::ffff:hhhh:hhhh are IPv4 addresses, and proxyd treats them so.
+  var m = ip.match(/^::ffff:(\\d+\\.\\d+\\.\\d+\\.\\d+)$/i);
+  if (m) return m[1];
+  m = ip.match(/^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/i);
+  if (!m) return ip;
+  var hi = parseInt(m[1], 16), lo = parseInt(m[2], 16);
+  return (hi >> 8) + "." + (hi & 255) + "." + (lo >> 8) + "." + (lo & 255);
+}
+
 function proxydAllowed(ip, port) {
+  ip = proxydV4Mapped(ip);
   var v6 = ip.indexOf(":") >= 0;
   for (var i = 0; i < RULES.length; i++) {
     if (!proxydPortIn(port, RULES[i][2])) continue;
@@ -79,16 +90,22 @@ function proxydAllowed(ip, port) {
 function FindProxyForURL(url, host) {
   host = host.toLowerCase();
   var port = proxydPort(url);
-  for (var d = 0; d < DOMAINS.length; d++)
-    if (dnsDomainIs(host, DOMAINS[d]) || host == DOMAINS[d].replace(/^\\./, "")) return PROXY;
+  for (var d = 0; d < DOMAINS.length; d++) {
+    var domain = DOMAINS[d].replace(/^\\./, "");  // "x.example" and ".x.example": it and below
+    if (host == domain || dnsDomainIs(host, "." + domain)) return PROXY;
+  }
   var ip = host.replace(/^\\[|\\]$/g, "");
   var literal = /^\\d+\\.\\d+\\.\\d+\\.\\d+$/.test(ip) || ip.indexOf(":") >= 0;
+  var ips = [ip];
   if (!literal) {
-    ip = (typeof dnsResolveEx == "function") ? dnsResolveEx(host) : dnsResolve(host);
-    if (!ip) return "DIRECT";
-    ip = ip.split(";")[0];
+    // proxyd allows a name only if every address it resolves to is allowed.
+    var resolved = (typeof dnsResolveEx == "function") ? dnsResolveEx(host) : dnsResolve(host);
+    if (!resolved) return "DIRECT";
+    ips = resolved.split(";");
   }
-  return proxydAllowed(ip, port) ? PROXY : "DIRECT";
+  for (var i = 0; i < ips.length; i++)
+    if (ips[i] && !proxydAllowed(ips[i], port)) return "DIRECT";
+  return PROXY;
 }
 """
 

@@ -10,6 +10,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from .addresses import format_hostport
 from .config import Config
 from .digest import DigestVerifier, NonceCodec, ReplayWindow, challenges
 from .executors.files import load_or_create_secret
@@ -37,7 +38,7 @@ class Runtime:
         client used to fetch it (so it is right behind NAT and load balancers too)."""
         if self._pac is None or self.config.public_address is None:
             public = self.config.public_address
-            address = f"{public[0]}:{public[1]}" if public else fallback_address
+            address = format_hostport(*public) if public else fallback_address
             pac_file = generate_pac(self.policy, address, self.config.pac_domains)
             if public is None:
                 return pac_file

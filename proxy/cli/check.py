@@ -54,7 +54,7 @@ def run_reload(args: argparse.Namespace) -> int:
 def run_pac(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     if cfg.public_address is not None:
-        address = format_hostport(cfg.public_address[0], cfg.public_address[1])
+        address = format_hostport(*cfg.public_address)
     else:
         address = format_hostport(cfg.listen_host, cfg.listen_port)
         print(

@@ -1198,3 +1198,107 @@ def curl(args: Sequence[str], env: Mapping[str, str], *, timeout: float = 30) ->
         for body, code, connect in _CURL_RESULT_RE.findall(proc.stdout)
     ]
     return CurlResult(proc.returncode, transfers, proc.stderr)
+
+
+# --------------------------------------------------------------------------- tcp relay
+
+
+class TcpRelay:
+    """A loopback TCP relay to `target` that keeps what clients sent (for inspecting a
+    client's requests to the proxy, e.g. the Proxy-Authorization a browser chose).
+
+    Each accepted connection gets a fresh upstream connection; bytes are copied both ways
+    and the client's first `keep` bytes per connection are stored. `stop()` closes it.
+    `target` may be set after creation (the relay's port is known first), before use.
+    """
+
+    def __init__(
+        self, target: tuple[str, int] | None = None, host: str = PROXY_HOST, keep: int = 65536
+    ):
+        self.target = target
+        self.keep = keep
+        self._lock = threading.Lock()
+        self._sent: list[bytearray] = []
+        self._listener = socket.create_server((host, 0))
+        self._listener.settimeout(0.2)
+        self.host, self.port = self._listener.getsockname()[:2]
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._accept, name="tcp-relay", daemon=True)
+        self._thread.start()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    def client_bytes(self) -> bytes:
+        """Everything clients sent so far, connection after connection."""
+        with self._lock:
+            return b"".join(bytes(chunk) for chunk in self._sent)
+
+    def _accept(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        record = bytearray()
+        with self._lock:
+            self._sent.append(record)
+        try:
+            if self.target is None:
+                raise OSError("relay target not set")
+            upstream = socket.create_connection(self.target, timeout=IO_TIMEOUT)
+        except OSError:
+            client.close()
+            return
+        client.settimeout(60)
+        upstream.settimeout(60)
+
+        def pump(src: socket.socket, dst: socket.socket, keep: bytearray | None) -> None:
+            with contextlib.suppress(OSError):
+                while data := src.recv(65536):
+                    if keep is not None and len(keep) < self.keep:
+                        with self._lock:
+                            keep += data[: self.keep - len(keep)]
+                    dst.sendall(data)
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+        back = threading.Thread(target=pump, args=(upstream, client, None), daemon=True)
+        back.start()
+        pump(client, upstream, record)
+        back.join(60)
+        client.close()
+        upstream.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._listener.close()
+        self._thread.join(STOP_TIMEOUT)
+
+    def __enter__(self) -> TcpRelay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def digest_get_status(
+    proxy: ProxydHandle, origins: Origins, env: Mapping[str, str], user: str, password: str
+) -> int:
+    """curl --proxy-digest to the HTTP origin through `proxy`: the final status."""
+    host, port = origins.http
+    args = [
+        "--proxy-digest",
+        "-U",
+        f"{user}:{password}",
+        "-x",
+        proxy.url,
+        f"http://{host}:{port}/x",
+    ]
+    return curl(args, env).transfers[0].code

@@ -16,13 +16,23 @@ from harness import (
     RawConnection,
     add_user,
     clean_env,
-    curl,
+    digest_get_status,
     proxyd_bin,
 )
 
 pytestmark = pytest.mark.timeout(120)
 
 USER, PASSWORD = "alice", "wonderland"
+
+
+def proxyd_reload(proxyd: ProxydHandle) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(proxyd_bin()), "reload", "--config", str(proxyd.config_path)],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=30,
+    )
 
 
 def get(
@@ -32,16 +42,7 @@ def get(
     user: str = USER,
     password: str = PASSWORD,
 ) -> int:
-    host, port = origins.http
-    args = [
-        "--proxy-digest",
-        "-U",
-        f"{user}:{password}",
-        "-x",
-        proxyd.url,
-        f"http://{host}:{port}/x",
-    ]
-    return curl(args, env).transfers[0].code
+    return digest_get_status(proxyd, origins, env, user, password)
 
 
 def edit_config(proxyd: ProxydHandle, change) -> None:
@@ -103,13 +104,7 @@ def test_proxyd_reload_command_signals_via_pid_file(
     proxyd = proxyd_factory(pid_file=str(tmp_path / "proxyd.pid"))
     assert (tmp_path / "proxyd.pid").read_text().strip() == str(proxyd.proc.pid)
     edit_config(proxyd, drop_http_port(origins))
-    run = subprocess.run(
-        [str(proxyd_bin()), "reload", "--config", str(proxyd.config_path)],
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-        timeout=30,
-    )
+    run = proxyd_reload(proxyd)
     assert run.returncode == 0, run.stderr
     proxyd.wait_for_log("config reloaded")
     assert get(proxyd, origins, client_env) == 403
@@ -118,13 +113,7 @@ def test_proxyd_reload_command_signals_via_pid_file(
 
 
 def test_reload_without_pid_file_is_a_clear_error(proxyd: ProxydHandle) -> None:
-    run = subprocess.run(
-        [str(proxyd_bin()), "reload", "--config", str(proxyd.config_path)],
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-        timeout=30,
-    )
+    run = proxyd_reload(proxyd)
     assert run.returncode == 1
     assert "no pid_file" in run.stderr and "Traceback" not in run.stderr
 

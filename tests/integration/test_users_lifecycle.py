@@ -7,7 +7,14 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import Origins, ProxydHandle, clean_env, curl, proxyd_bin, require_tool
+from harness import (
+    Origins,
+    ProxydHandle,
+    clean_env,
+    digest_get_status,
+    proxyd_bin,
+    require_tool,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -28,18 +35,13 @@ def users_cli(
 
 
 def get(
-    proxyd: ProxydHandle, origins: Origins, env: dict[str, str], user: str, password: str
+    proxyd: ProxydHandle,
+    origins: Origins,
+    env: dict[str, str],
+    user: str,
+    password: str,
 ) -> int:
-    host, port = origins.http
-    args = [
-        "--proxy-digest",
-        "-U",
-        f"{user}:{password}",
-        "-x",
-        proxyd.url,
-        f"http://{host}:{port}/x",
-    ]
-    return curl(args, env).transfers[0].code
+    return digest_get_status(proxyd, origins, env, user, password)
 
 
 def test_expired_user_is_refused_and_renew_restores_access(
