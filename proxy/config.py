@@ -47,6 +47,7 @@ TOP_LEVEL_KEYS = frozenset(
         "drain_timeout",
         "pid_file",
         "limits",
+        "jump",
     }
 )
 _DOMAIN_RE = re.compile(
@@ -82,6 +83,18 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class JumpConfig:
+    group: str = "proxyd-jump"
+    home_base: Path = Path("/home")
+    state_dir: Path = Path("/var/lib/proxyd/jump")
+    audit_log: Path = Path("/var/log/proxyd/jump-audit.log")
+    rsa_min_bits: int = 3072
+    ports: tuple[int, ...] = (22,)
+    gate: Path | None = None  # the proxyd executable sshd runs; default: this one
+    permit_open_limit: int = 65536
+
+
+@dataclass(frozen=True)
 class Config:
     source: Path
     listen_host: str
@@ -98,6 +111,7 @@ class Config:
     drain_timeout: float = 30.0  # seconds open tunnels get to finish on SIGTERM
     pid_file: Path | None = None
     limits: Limits = Limits()
+    jump: JumpConfig = JumpConfig()
     access_log: AccessLogConfig = AccessLogConfig(None, "squid")
 
 
@@ -208,6 +222,12 @@ def parse_expiry(value: Any) -> float:
     return moment.timestamp()
 
 
+def _unix_name(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", value):
+        raise ValueError(f"must be a Unix group name, not {value!r}")
+    return value
+
+
 def _rate(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1e6:
         raise ValueError(f"must be a positive number per minute, not {value!r}")
@@ -297,6 +317,7 @@ class _Builder:
         drain_timeout = c.field(top, (), "drain_timeout", _seconds, 30.0)
         pid_file = c.field(top, (), "pid_file", self.path)
         limits = self.limits(top.get("limits"))
+        jump = self.jump(top.get("jump"))
         pac = c.mapping(top.get("pac"), ("pac",), {"domains"})
         pac_domains = []
         for i, domain in enumerate(c.items(pac.get("domains"), ("pac", "domains"))):
@@ -327,6 +348,44 @@ class _Builder:
             drain_timeout=drain_timeout or 30.0,
             pid_file=pid_file,
             limits=limits,
+            jump=jump,
+        )
+
+    def jump(self, value: Any) -> JumpConfig:
+        c, path, d = self.c, ("jump",), JumpConfig()
+        known = {
+            "group",
+            "home_base",
+            "state_dir",
+            "audit_log",
+            "rsa_min_bits",
+            "ports",
+            "gate",
+            "permit_open_limit",
+        }
+        section = c.mapping(value, path, known)
+        group = c.field(section, path, "group", _unix_name, d.group)
+        ports = []
+        for i, item in enumerate(c.items(section.get("ports", list(d.ports)), (*path, "ports"))):
+            try:
+                ports.append(_integer(1, 65535)(item))
+            except ValueError as e:
+                c.error((*path, "ports", i), str(e))
+        return JumpConfig(
+            group=group or d.group,
+            home_base=c.field(section, path, "home_base", self.path, d.home_base) or d.home_base,
+            state_dir=c.field(section, path, "state_dir", self.path, d.state_dir) or d.state_dir,
+            audit_log=c.field(section, path, "audit_log", self.path, d.audit_log) or d.audit_log,
+            rsa_min_bits=c.field(
+                section, path, "rsa_min_bits", _integer(2048, 16384), d.rsa_min_bits
+            )
+            or d.rsa_min_bits,
+            ports=tuple(ports),
+            gate=c.field(section, path, "gate", self.path),
+            permit_open_limit=c.field(
+                section, path, "permit_open_limit", _integer(1, 1_000_000), d.permit_open_limit
+            )
+            or d.permit_open_limit,
         )
 
     def limits(self, value: Any) -> Limits:

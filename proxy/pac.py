@@ -30,9 +30,7 @@ class PacFile:
 def _public_rules(policy: Policy) -> list[tuple[list[str], list[str], tuple[PortRange, ...]]]:
     """(IPv4 CIDRs, IPv6 CIDRs, ports) of every rule that any source may use."""
     out = []
-    for rule in policy.rules:
-        if rule.sources.networks is not None:
-            continue
+    for rule in policy.public_rules():
         networks = rule.destinations.networks or netaddr.IPSet()
         v4 = [str(c) for c in networks.iter_cidrs() if c.version == 4]
         v6 = [str(c) for c in networks.iter_cidrs() if c.version == 6]

@@ -104,6 +104,21 @@ class Policy:
     zones: dict[str, netaddr.IPSet]
     rules: tuple[Rule, ...]
 
+    def open_to_anyone(self, destination: IPAddress, port: int) -> bool:
+        """Whether a partner from anywhere, authenticated, may reach destination:port.
+
+        This is what the PAC, the jump accounts' PermitOpen list and their nc gate serve:
+        rules with `from: [any]`. Rules only ever allow, so any match is the answer.
+        """
+        # The source is irrelevant for these rules; trusted sources only widen sources.
+        return any(
+            rule.matches(destination, destination, port, 0.0) for rule in self.public_rules()
+        )
+
+    def public_rules(self) -> list[Rule]:
+        """The rules a partner from anywhere may use (`from: [any]`)."""
+        return [rule for rule in self.rules if rule.sources.networks is None]
+
     def first_match(
         self, source: IPAddress, destination: IPAddress, port: int, now: float | None = None
     ) -> Rule | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..config import DEFAULT_CONFIG
 from ..errors import ProxydError
+from ..jump import JumpError
 from ..users import BadUserInput
 
 
@@ -23,7 +24,7 @@ class Exit(enum.IntEnum):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import check, serve, users
+    from . import check, jump, serve, users
 
     parser = argparse.ArgumentParser(
         prog="proxyd", description="Digest-authenticating forward proxy with CIDR zones."
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=check.run_pac)
 
     users.add_parser(sub)
+    jump.add_parser(sub)
     return parser
 
 
@@ -72,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (ProxydError, BadUserInput) as e:
+    except (ProxydError, BadUserInput, JumpError) as e:
         print(f"proxyd: error: {e}", file=sys.stderr)
         return Exit.ERROR
     except KeyboardInterrupt:

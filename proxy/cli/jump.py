@@ -1,0 +1,241 @@
+"""`proxyd jump …` (root, on the jump host) and `proxyd jump-gate` (sshd's forced command)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from .. import config
+from ..errors import BadDestination, ProxydError
+from ..executors.accounts import AccountExecutor, StateStore, is_managed, is_unmanaged
+from ..executors.relay import relay_stdio
+from ..executors.resolver import ResolveError, Resolver, load_hosts
+from ..gate import parse_target
+from ..jump import (
+    PROFILES,
+    Account,
+    JumpError,
+    Step,
+    authorized_keys_line,
+    check_expiry,
+    check_name,
+    parse_gate_command,
+    permit_open,
+    plan_add,
+    plan_remove,
+    plan_renew,
+    plan_sweep,
+    sshd_config_block,
+)
+from ..sshkeys import BadKey, parse_key_file
+from ..users import BadUserInput, check_note
+
+CONNECT_TIMEOUT = 10
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("jump", help="manage ssh jump-host accounts (root)")
+    p.add_argument("--config", type=Path, default=config.DEFAULT_CONFIG)
+    jump = p.add_subparsers(dest="jump_command", required=True, metavar="ACTION")
+
+    q = jump.add_parser("add", help="create an account for one partner key")
+    q.add_argument("name")
+    q.add_argument("--key", required=True, help="public key file, or - for stdin")
+    q.add_argument("--expires", required=True, metavar="DATE", help="first day refused")
+    q.add_argument("--profile", choices=PROFILES, default="tunnel")
+    q.add_argument("--note", default="", help="who and why")
+    q.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    q.set_defaults(func=run_add)
+
+    q = jump.add_parser("list", help="list managed accounts")
+    q.set_defaults(func=run_list)
+    q = jump.add_parser("show", help="one account in detail")
+    q.add_argument("name")
+    q.set_defaults(func=run_show)
+    q = jump.add_parser("renew", help="set a new expiry date")
+    q.add_argument("name")
+    q.add_argument("--expires", required=True, metavar="DATE")
+    q.add_argument("--dry-run", action="store_true")
+    q.set_defaults(func=run_renew)
+    q = jump.add_parser("remove", help="end sessions and delete an account")
+    q.add_argument("name")
+    q.add_argument("--dry-run", action="store_true")
+    q.set_defaults(func=run_remove)
+    q = jump.add_parser("sweep", help="remove expired accounts (run by the systemd timer)")
+    q.add_argument("--dry-run", action="store_true")
+    q.set_defaults(func=run_sweep)
+    q = jump.add_parser("sshd-config", help="print the sshd_config block to install")
+    q.set_defaults(func=run_sshd_config)
+
+    g = sub.add_parser("jump-gate", help="sshd forced command for tunnel accounts (internal)")
+    g.add_argument("--config", type=Path, default=config.DEFAULT_CONFIG)
+    g.set_defaults(func=run_gate)
+
+
+def gate_command(cfg: config.Config) -> str:
+    """What sshd runs for tunnel accounts; it is quoted into authorized_keys."""
+    executable = cfg.jump.gate or Path(shutil.which("proxyd") or sys.argv[0]).resolve()
+    command = f"{executable} jump-gate --config {cfg.source.resolve()}"
+    if any(c in command for c in '"\\\n\t') or not Path(executable).is_absolute():
+        raise JumpError(f"unusable path for the forced command: {command!r}")
+    return command
+
+
+def _today() -> datetime.date:
+    return datetime.datetime.now(datetime.UTC).date()
+
+
+def _execute(cfg: config.Config, steps: list[Step], account: Account | None, dry_run: bool) -> None:
+    if dry_run:
+        for step in steps:
+            print(step)
+        return
+    AccountExecutor(cfg.jump, gate_command(cfg)).run(steps, account)
+
+
+def _managed(cfg: config.Config, name: str) -> Account:
+    import pwd
+
+    account = StateStore(cfg.jump.state_dir).load(name)
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        entry = None
+    if account is None or (entry is not None and not is_managed(entry, cfg.jump.group)):
+        raise JumpError(f"no managed jump account {name!r}")
+    return account
+
+
+def run_add(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    name = check_name(args.name, is_unmanaged(args.name, cfg.jump.group))
+    if StateStore(cfg.jump.state_dir).load(name) is not None or not _absent(name):
+        raise JumpError(f"account {name!r} exists (use `jump renew`)")
+    expires = check_expiry(args.expires, _today())
+    try:
+        note = check_note(args.note)
+        text = sys.stdin.read(65536) if args.key == "-" else Path(args.key).read_text()
+        key = parse_key_file(text, cfg.jump.rsa_min_bits)
+    except (OSError, UnicodeDecodeError) as e:
+        raise JumpError(f"cannot read the key: {e}") from e
+    except (BadKey, BadUserInput) as e:
+        raise JumpError(str(e)) from e
+    account = Account(name, args.profile, expires, note, key.fingerprint, key.line())
+    steps = plan_add(account, cfg.jump, gate_command(cfg))
+    try:
+        _execute(cfg, steps, account, args.dry_run)
+    except (JumpError, OSError) as e:
+        # Half an account is worse than none: undo what was done, then report.
+        if not args.dry_run:
+            AccountExecutor(cfg.jump, gate_command(cfg)).run(plan_remove(name, "add-failed"), None)
+        raise JumpError(f"add failed and was rolled back: {e}") from e
+    if not args.dry_run:
+        print(f"added {name} ({args.profile}, refused from {expires}, key {key.fingerprint})")
+    return 0
+
+
+def _absent(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return True
+    return False
+
+
+def run_list(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    today = _today()
+    print(f"{'NAME':<20} {'PROFILE':<8} {'EXPIRES':<11} {'KEY':<52} NOTE")
+    for account in StateStore(cfg.jump.state_dir).all():
+        flags = [account.note] if account.note else []
+        if account.expires <= today:
+            flags.append("EXPIRED")
+        if _absent(account.name):
+            flags.append("NO UNIX ACCOUNT")
+        print(
+            f"{account.name:<20} {account.profile:<8} {account.expires!s:<11} "
+            f"{account.fingerprint:<52} {'; '.join(flags)}"
+        )
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    account = _managed(cfg, args.name)
+    for label, value in (
+        ("name", account.name),
+        ("profile", account.profile),
+        ("expires", f"{account.expires} (refused from that day, UTC)"),
+        ("note", account.note or "-"),
+        ("key", account.fingerprint),
+        ("authorized_keys", authorized_keys_line(account, gate_command(cfg)).strip()),
+    ):
+        print(f"{label + ':':<17}{value}")
+    return 0
+
+
+def run_renew(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    old = _managed(cfg, args.name)
+    account = Account(**{**old.__dict__, "expires": check_expiry(args.expires, _today())})
+    _execute(cfg, plan_renew(account, gate_command(cfg)), account, args.dry_run)
+    return 0
+
+
+def run_remove(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    account = _managed(cfg, args.name)
+    _execute(cfg, plan_remove(account.name), account, args.dry_run)
+    return 0
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    steps = plan_sweep(StateStore(cfg.jump.state_dir).all(), _today())
+    _execute(cfg, steps, None, args.dry_run)
+    swept = sorted({s.account for s in steps})
+    print(f"swept {len(swept)} expired account(s){': ' + ', '.join(swept) if swept else ''}")
+    return 0
+
+
+def run_sshd_config(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    entries = permit_open(cfg.policy, cfg.jump.ports, cfg.jump.permit_open_limit)
+    sys.stdout.write(sshd_config_block(cfg.jump.group, entries))
+    return 0
+
+
+def run_gate(args: argparse.Namespace) -> int:
+    """`nc HOST PORT` for a tunnel account: checked by the policy, then relayed. Any
+    failure is one line to the partner, never a traceback, and nothing else is run."""
+    try:
+        cfg = config.load(args.config)
+        host, port = parse_gate_command(os.environ.get("SSH_ORIGINAL_COMMAND"))
+        if port not in cfg.jump.ports:
+            raise JumpError(f"port {port} is not allowed (allowed: {cfg.jump.ports})")
+        target = parse_target(host, port)
+        if target.literal is not None:
+            addresses: tuple[Any, ...] = (target.literal,)
+        else:
+            assert target.name is not None
+            resolver = Resolver(load_hosts(cfg.hosts_file), cfg.dns_timeout)
+            addresses = asyncio.run(resolver.resolve(target.name, port))
+        denied = [a for a in addresses if not cfg.policy.open_to_anyone(a, port)]
+        if denied:
+            raise JumpError(f"{host}:{port} is outside the allowed zones")
+        sock = socket.create_connection((str(addresses[0]), port), timeout=CONNECT_TIMEOUT)
+        sock.settimeout(None)
+    except (ProxydError, JumpError, BadDestination, ResolveError, OSError) as e:
+        print(f"proxyd: refused: {e}", file=sys.stderr)
+        return 1
+    relay_stdio(sock)
+    return 0
