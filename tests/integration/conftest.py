@@ -53,6 +53,13 @@ def origins(tmp_path_factory: pytest.TempPathFactory) -> Generator[Origins, None
         started.stop()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_hit_counts(request: pytest.FixtureRequest) -> None:
+    """Hit counts per test: a DIRECT browser visit in one test is no leak in the next."""
+    if "origins" in request.fixturenames:
+        request.getfixturevalue("origins").reset_hits()
+
+
 @pytest.fixture
 def client_home(tmp_path: Path) -> Path:
     """An empty HOME for client programs (their own ~/.curlrc, ~/.gitconfig, ~/.wgetrc)."""

@@ -371,6 +371,12 @@ class Origins:
     def denied_hits(self) -> int:
         return self.hits("denied_http")
 
+    def reset_hits(self) -> None:
+        """Each test counts from zero (the origins are shared by the whole session)."""
+        for server in self._servers.values():
+            with server.hits_lock:
+                server.hits = 0
+
     def offport_hits(self) -> int:
         return self.hits("offport_http")
 
