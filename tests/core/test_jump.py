@@ -1,0 +1,175 @@
+"""Jump-account planning, sans-IO: names, expiry, the key line, plans, PermitOpen, the gate."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+import pytest
+
+from proxy import config
+from proxy.jump import (
+    Account,
+    JumpError,
+    authorized_keys_line,
+    check_expiry,
+    check_name,
+    parse_gate_command,
+    permit_open,
+    plan_add,
+    plan_sweep,
+    sshd_config_block,
+)
+
+TODAY = datetime.date(2026, 11, 22)
+GATE = "/opt/proxyd/.venv/bin/proxyd jump-gate --config /etc/proxyd/proxyd.yaml"
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK3rlvWwQknUkfghp9beIzvUNqdS1RWxB3Gg5FrEM+hF a@b"
+
+
+def account(
+    name: str = "acme-alice", profile: str = "tunnel", expires: str = "2027-03-31"
+) -> Account:
+    return Account(name, profile, datetime.date.fromisoformat(expires), "", "SHA256:x", KEY)
+
+
+@pytest.mark.parametrize("name", ["acme-alice", "ab", "a" + "b" * 30])
+def test_good_names(name: str) -> None:
+    assert check_name(name, existing_unmanaged=False) == name
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("a", "invalid account name"),
+        ("a" * 32, "invalid account name"),
+        ("Alice", "invalid account name"),
+        ("-x", "invalid account name"),
+        ("1abc", "invalid account name"),
+        ("a/b", "invalid account name"),
+        ("../x", "invalid account name"),
+        ("alice\n", "invalid account name"),
+        ("a b", "invalid account name"),
+        ("root", "reserved"),
+        ("sshd", "reserved"),
+        ("nobody", "reserved"),
+    ],
+)
+def test_bad_names(name: str, message: str) -> None:
+    with pytest.raises(JumpError, match=message):
+        check_name(name, existing_unmanaged=False)
+
+
+def test_existing_unmanaged_account_is_never_taken_over() -> None:
+    with pytest.raises(JumpError, match="does not manage"):
+        check_name("postgres-x", existing_unmanaged=True)
+
+
+@pytest.mark.parametrize(
+    "text", ["2026-11-22", "2020-01-01", "tomorrow", "2027-02-30", "27-01-01x"]
+)
+def test_bad_expiry(text: str) -> None:
+    with pytest.raises(JumpError):
+        check_expiry(text, TODAY)
+
+
+def test_key_lines_per_profile() -> None:
+    tunnel = authorized_keys_line(account(), GATE)
+    assert tunnel == (f'restrict,port-forwarding,command="{GATE}",expiry-time="20270331Z" {KEY}\n')
+    shell = authorized_keys_line(account(profile="shell"), GATE)
+    assert shell == f'restrict,port-forwarding,pty,expiry-time="20270331Z" {KEY}\n'
+
+
+def test_add_plan_order_and_dry_run_text() -> None:
+    steps = plan_add(account(), config.JumpConfig(), GATE)
+    assert [s.action for s in steps] == [
+        "ensure_group",
+        "create_user",
+        "lock_password",
+        "write_keys",
+        "write_state",
+        "audit",
+    ]
+    assert "home=/home/acme-alice expires=2027-03-31" in str(steps[1])
+
+
+def test_sweep_plans_only_expired_accounts() -> None:
+    steps = plan_sweep(
+        [account("old-one", expires="2026-11-22"), account("new-one", expires="2026-11-23")], TODAY
+    )
+    assert {s.account for s in steps} == {"old-one"}
+    assert [s.action for s in steps][:3] == ["lock_account", "kill_sessions", "delete_user"]
+
+
+POLICY = """
+auth: {users_file: u, nonce_secret_file: s}
+zones: {pre: [192.0.2.0/30], internal: [10.0.0.0/8], v6: ["2001:db8::/127"]}
+rules:
+  - {name: internal, from: [internal], to: [pre], ports: [22, 2222]}
+  - {name: partners, from: [any], to: [pre, v6], ports: [22, 443]}
+"""
+
+
+def policy() -> config.Policy:
+    return config.parse(POLICY, Path("t.yaml")).policy
+
+
+def test_permit_open_expands_partner_zones_on_jump_ports() -> None:
+    entries = permit_open(policy(), [22, 2222], limit=100)
+    assert entries == [
+        "192.0.2.0:22",
+        "192.0.2.1:22",
+        "192.0.2.2:22",
+        "192.0.2.3:22",
+        "[2001:db8::]:22",
+        "[2001:db8::1]:22",
+    ]  # 2222 only by the internal rule, which sshd can't tell apart: left out
+    block = sshd_config_block("proxyd-jump", entries)
+    assert "Match Group proxyd-jump\n" in block
+    assert "    PermitOpen 192.0.2.0:22 192.0.2.1:22" in block
+    assert "    AllowTcpForwarding local\n" in block and "    PermitListen none\n" in block
+
+
+def test_permit_open_limit_and_empty() -> None:
+    with pytest.raises(JumpError, match="more than 3 PermitOpen entries"):
+        permit_open(policy(), [22], limit=3)
+    assert "PermitOpen none" in sshd_config_block("g", permit_open(policy(), [80], limit=10))
+
+
+@pytest.mark.parametrize(
+    "command, expected",
+    [
+        ("nc 192.0.2.1 22", ("192.0.2.1", 22)),
+        ("nc vm.preprod.example 22", ("vm.preprod.example", 22)),
+        ("nc [2001:db8::1] 22", ("[2001:db8::1]", 22)),
+    ],
+)
+def test_gate_accepts_only_nc_host_port(command: str, expected: tuple[str, int]) -> None:
+    assert parse_gate_command(command) == expected
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        None,
+        "",
+        "id",
+        "nc",
+        "nc host",
+        "nc -e /bin/sh host 22",
+        "nc host 22; id",
+        "nc $(id) 22",
+        "nc `id` 22",
+        "nc host 22 extra",
+        "nc host 22\nid",
+        "nc  host 22",
+        "nc host 22 | sh",
+        "nc host 0",
+        "nc host 99999",
+        "ncat host 22",
+        " nc host 22",
+        "nc host 22 ",
+    ],
+)
+def test_gate_refuses_everything_else(command: str | None) -> None:
+    with pytest.raises(JumpError):
+        parse_gate_command(command)
