@@ -381,7 +381,7 @@ def test_connect_to_speak_first_server(
 
 
 def test_sigterm_stops_proxyd(proxyd: ProxydHandle, origins: Origins) -> None:
-    # Leave an idle keep-alive client and an open tunnel behind: neither may hold it up.
+    # An idle keep-alive client and an open tunnel: neither holds it up past drain_timeout.
     idle = RawConnection(proxyd.address)
     tunnel = RawConnection(proxyd.address)
     try:
