@@ -8,6 +8,7 @@ CONFIG ?= config/proxyd.yaml
 # Debian packages: what proxyd needs to run, and the real clients and servers the tests drive.
 RUN_DEBS := python3-venv ca-certificates
 TEST_DEBS := curl git wget openssh-client openssh-server squid apache2-utils iproute2 prometheus chromium \
+             python3.11-minimal \
              libcurl4-openssl-dev libssl-dev build-essential
 
 .PHONY: run test lint typecheck unit integration debs-run debs-test clean

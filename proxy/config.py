@@ -87,6 +87,9 @@ class JumpConfig:
     group: str = "proxyd-jump"
     home_base: Path = Path("/home")
     state_dir: Path = Path("/var/lib/proxyd/jump")
+    # Root-owned, read by sshd (AuthorizedKeysFile): a partner's own home can't hold the
+    # key, since the partner could replace anything in it.
+    keys_dir: Path = Path("/etc/ssh/proxyd-jump-keys")
     audit_log: Path = Path("/var/log/proxyd/jump-audit.log")
     rsa_min_bits: int = 3072
     ports: tuple[int, ...] = (22,)
@@ -357,6 +360,7 @@ class _Builder:
             "group",
             "home_base",
             "state_dir",
+            "keys_dir",
             "audit_log",
             "rsa_min_bits",
             "ports",
@@ -375,6 +379,7 @@ class _Builder:
             group=group or d.group,
             home_base=c.field(section, path, "home_base", self.path, d.home_base) or d.home_base,
             state_dir=c.field(section, path, "state_dir", self.path, d.state_dir) or d.state_dir,
+            keys_dir=c.field(section, path, "keys_dir", self.path, d.keys_dir) or d.keys_dir,
             audit_log=c.field(section, path, "audit_log", self.path, d.audit_log) or d.audit_log,
             rsa_min_bits=c.field(
                 section, path, "rsa_min_bits", _integer(2048, 16384), d.rsa_min_bits

@@ -103,12 +103,17 @@ def _execute(cfg: config.Config, steps: list[Step], account: Account | None, dry
 def _managed(cfg: config.Config, name: str) -> Account:
     import pwd
 
+    check_name(name, existing_unmanaged=False)  # also keeps `../x` out of the state folder
     account = StateStore(cfg.jump.state_dir).load(name)
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
         entry = None
-    if account is None or (entry is not None and not is_managed(entry, cfg.jump.group)):
+    if (
+        account is None
+        or account.name != name  # a record must never point at another account
+        or (entry is not None and not is_managed(entry, cfg.jump.group))
+    ):
         raise JumpError(f"no managed jump account {name!r}")
     return account
 
@@ -210,7 +215,7 @@ def run_sweep(args: argparse.Namespace) -> int:
 def run_sshd_config(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     entries = permit_open(cfg.policy, cfg.jump.ports, cfg.jump.permit_open_limit)
-    sys.stdout.write(sshd_config_block(cfg.jump.group, entries))
+    sys.stdout.write(sshd_config_block(cfg.jump.group, entries, cfg.jump.keys_dir))
     return 0
 
 

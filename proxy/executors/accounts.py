@@ -148,17 +148,22 @@ class AccountExecutor:
         )
 
     def lock_password(self, step: Step, account: Account | None) -> None:
-        _run("usermod", "--lock", "--", step.account)
+        # '*': no password matches. Not usermod --lock's '!', which sshd without PAM reads
+        # as a locked account and refuses even for a valid key.
+        _run("usermod", "--password", "*", "--", step.account)
 
     def write_keys(self, step: Step, account: Account | None) -> None:
+        # Root-owned file in a root-owned folder: the partner can't edit or replace it,
+        # and nothing here follows a path the partner controls.
         assert account is not None
-        entry = pwd.getpwnam(account.name)
-        ssh_dir = Path(entry.pw_dir) / ".ssh"
-        ssh_dir.mkdir(mode=0o700, exist_ok=True)
-        os.chown(ssh_dir, entry.pw_uid, entry.pw_gid)
-        keys = ssh_dir / "authorized_keys"
-        atomic_write(keys, authorized_keys_line(account, self.gate_command).encode())
-        os.chown(keys, entry.pw_uid, entry.pw_gid)
+        keys_dir = self.config.keys_dir
+        keys_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        line = authorized_keys_line(account, self.gate_command).encode()
+        atomic_write(keys_dir / account.name, line, mode=0o644)
+
+    def delete_keys(self, step: Step, account: Account | None) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.config.keys_dir / step.account).unlink()
 
     def write_state(self, step: Step, account: Account | None) -> None:
         assert account is not None

@@ -123,8 +123,8 @@ def test_permit_open_expands_partner_zones_on_jump_ports() -> None:
         "[2001:db8::]:22",
         "[2001:db8::1]:22",
     ]  # 2222 only by the internal rule, which sshd can't tell apart: left out
-    block = sshd_config_block("proxyd-jump", entries)
-    assert "Match Group proxyd-jump\n" in block
+    block = sshd_config_block("proxyd-jump", entries, Path("/etc/ssh/keys"))
+    assert "Match Group proxyd-jump\n    AuthorizedKeysFile /etc/ssh/keys/%u\n" in block
     assert "    PermitOpen 192.0.2.0:22 192.0.2.1:22" in block
     assert "    AllowTcpForwarding local\n" in block and "    PermitListen none\n" in block
 
@@ -132,7 +132,9 @@ def test_permit_open_expands_partner_zones_on_jump_ports() -> None:
 def test_permit_open_limit_and_empty() -> None:
     with pytest.raises(JumpError, match="more than 3 PermitOpen entries"):
         permit_open(policy(), [22], limit=3)
-    assert "PermitOpen none" in sshd_config_block("g", permit_open(policy(), [80], limit=10))
+    assert "PermitOpen none" in sshd_config_block(
+        "g", permit_open(policy(), [80], limit=10), Path("/k")
+    )
 
 
 @pytest.mark.parametrize(
