@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import argparse
 import enum
-import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from ..config import DEFAULT_CONFIG
 from ..errors import ProxydError
-from ..jump import JumpError
-from ..users import BadUserInput
 
 
 class Exit(enum.IntEnum):
@@ -24,7 +19,10 @@ class Exit(enum.IntEnum):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import check, jump, serve, users
+    from pathlib import Path
+
+    from ..config import DEFAULT_CONFIG
+    from . import check, connect, jump, relay, serve, users
 
     parser = argparse.ArgumentParser(
         prog="proxyd", description="Digest-authenticating forward proxy with CIDR zones."
@@ -57,10 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     users.add_parser(sub)
     jump.add_parser(sub)
+    connect.configure(sub.add_parser("connect", help=connect.HELP))
+    relay.configure(sub.add_parser("relay", help=relay.HELP))
     return parser
 
 
 def configure_logging() -> None:
+    import logging
+
     logging.basicConfig(
         stream=sys.stderr,
         level=logging.INFO,
@@ -70,8 +72,19 @@ def configure_logging() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["connect"]:
+        # ssh starts `proxyd connect` for every connection: skip the server's imports.
+        from . import connect
+
+        return connect.main(arguments[1:])
+    import logging
+
+    from ..jump import JumpError
+    from ..users import BadUserInput
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     try:
         return int(args.func(args))
     except (ProxydError, BadUserInput, JumpError) as e:

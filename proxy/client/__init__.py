@@ -1,0 +1,1 @@
+"""Client-side helpers for partners: `proxyd connect` and `proxyd relay`."""

@@ -1,0 +1,156 @@
+"""Where the client helpers get the proxy's address and the partner's credentials.
+
+The password never has to be on a command line (other local users see those in `ps`): it
+comes from `PROXYD_PASSWORD` or from a credentials file that only its owner can read.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Mapping
+from typing import NamedTuple
+from urllib.parse import unquote, urlsplit
+
+from ..errors import ProxydError
+
+PASSWORD_ENV = "PROXYD_PASSWORD"  # noqa: S105 - a variable name
+PROXY_ENVS = ("PROXYD_PROXY", "https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY")
+DEFAULT_PROXY_PORT = 3128
+MAX_CREDENTIALS_FILE = 64 * 1024
+
+
+class CredentialsError(ProxydError):
+    """No usable proxy address or credentials; the message says what to do."""
+
+
+class ProxyEndpoint(NamedTuple):
+    host: str
+    port: int
+    user: str | None = None
+    password: str | None = None
+
+    @property
+    def hostport(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+class Credentials(NamedTuple):
+    user: str
+    password: str
+
+
+def parse_proxy_url(url: str, *, from_command_line: bool) -> ProxyEndpoint:
+    """`http://[user@]host[:port]`; a password in it is refused on the command line."""
+    text = url if "://" in url else f"http://{url}"
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as e:
+        raise CredentialsError(f"bad proxy URL {url!r}: {e}") from None
+    if parts.scheme != "http":
+        raise CredentialsError(
+            f"bad proxy URL {url!r}: only http:// proxies (the tunnel itself carries TLS)"
+        )
+    if not parts.hostname:
+        raise CredentialsError(f"bad proxy URL {url!r}: no host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise CredentialsError(f"bad proxy URL {url!r}: a proxy URL has no path")
+    if parts.password is not None and from_command_line:
+        raise CredentialsError(
+            "a password in --proxy would be visible to other users in ps: "
+            f"set {PASSWORD_ENV} or use a credentials file (mode 0600)"
+        )
+    return ProxyEndpoint(
+        host=parts.hostname,
+        port=port or DEFAULT_PROXY_PORT,
+        user=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+    )
+
+
+def proxy_from(option: str | None, environ: Mapping[str, str]) -> ProxyEndpoint:
+    if option:
+        return parse_proxy_url(option, from_command_line=True)
+    for name in PROXY_ENVS:
+        if environ.get(name):
+            return parse_proxy_url(environ[name], from_command_line=False)
+    raise CredentialsError(f"no proxy: give --proxy http://HOST:PORT or set {PROXY_ENVS[0]}")
+
+
+def default_credentials_file(environ: Mapping[str, str]) -> str:
+    home = environ.get("HOME") or os.path.expanduser("~")
+    base = environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
+    return os.path.join(base, "proxyd", "credentials")
+
+
+def read_credentials_file(path: str) -> dict[str, str]:
+    """NAME:PASSWORD lines (# comments). The file must be a regular file of ours, 0600 or
+    stricter: a password others can read is refused, not used."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as e:
+        raise CredentialsError(f"credentials file {path}: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise CredentialsError(f"credentials file {path}: not a regular file")
+        if info.st_uid != os.geteuid():
+            raise CredentialsError(f"credentials file {path}: not owned by you")
+        if info.st_mode & 0o077:
+            mode = stat.S_IMODE(info.st_mode)
+            raise CredentialsError(
+                f"credentials file {path}: mode {mode:04o} lets others read it; "
+                f"run: chmod 600 {path}"
+            )
+        raw = f.read(MAX_CREDENTIALS_FILE + 1)
+    if len(raw) > MAX_CREDENTIALS_FILE:
+        raise CredentialsError(f"credentials file {path}: larger than {MAX_CREDENTIALS_FILE}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CredentialsError(f"credentials file {path}: not UTF-8") from None
+    entries: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, sep, password = line.partition(":")
+        # Never echo the line: it holds a password.
+        if not sep or not name or not password:
+            raise CredentialsError(f"{path}:{number}: expected NAME:PASSWORD")
+        if name in entries:
+            raise CredentialsError(f"{path}:{number}: {name!r} appears twice")
+        entries[name] = password
+    return entries
+
+
+def resolve(
+    proxy: ProxyEndpoint,
+    user_option: str | None,
+    credentials_file: str | None,
+    environ: Mapping[str, str],
+) -> Credentials:
+    """User: --user, else the proxy URL, else the file's only entry. Password:
+    PROXYD_PASSWORD, else the credentials file, else a password in a proxy URL from the
+    environment."""
+    explicit_file = credentials_file is not None
+    path = credentials_file or default_credentials_file(environ)
+    entries = read_credentials_file(path) if explicit_file or os.path.exists(path) else {}
+    user = user_option or proxy.user
+    if user is None:
+        if len(entries) != 1:
+            raise CredentialsError("no user: give --user NAME or put it in the proxy URL")
+        user = next(iter(entries))
+    if not user or any(not c.isprintable() or c in ':"\\' for c in user):
+        raise CredentialsError(f"bad user name {user!r}")
+    password = environ.get(PASSWORD_ENV)
+    if password is None:
+        password = entries.get(user)
+    if password is None and proxy.user == user:
+        password = proxy.password
+    if not password:
+        raise CredentialsError(
+            f"no password for {user!r}: set {PASSWORD_ENV} or put {user}:PASSWORD "
+            f"in {path} (mode 0600)"
+        )
+    return Credentials(user, password)
