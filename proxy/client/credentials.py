@@ -6,6 +6,7 @@ comes from `PROXYD_PASSWORD` or from a credentials file that only its owner can 
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Mapping
@@ -52,6 +53,8 @@ def parse_proxy_url(url: str, *, from_command_line: bool) -> ProxyEndpoint:
         raise CredentialsError(
             f"bad proxy URL {url!r}: only http:// proxies (the tunnel itself carries TLS)"
         )
+    if port == 0:
+        raise CredentialsError(f"bad proxy URL {url!r}: port 0")
     if not parts.hostname:
         raise CredentialsError(f"bad proxy URL {url!r}: no host")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
@@ -90,11 +93,14 @@ def read_credentials_file(path: str) -> dict[str, str]:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as e:
+        if e.errno == errno.ELOOP:  # O_NOFOLLOW: a link could point anywhere
+            raise CredentialsError(f"credentials file {path}: a symbolic link, refused") from None
         raise CredentialsError(f"credentials file {path}: {e.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise CredentialsError(f"credentials file {path}: not a regular file")
     with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise CredentialsError(f"credentials file {path}: not a regular file")
         if info.st_uid != os.geteuid():
             raise CredentialsError(f"credentials file {path}: not owned by you")
         if info.st_mode & 0o077:

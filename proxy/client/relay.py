@@ -50,7 +50,7 @@ def parse_absolute(target: str) -> Destination:
     """`http://host[:port]/path` of a plain proxy request."""
     try:
         parts = urlsplit(target)
-        port = parts.port or 80
+        port = 80 if parts.port is None else parts.port
     except ValueError:
         raise ClientError(400, f"bad request target {target[:200]!r}") from None
     if parts.scheme != "http" or not parts.hostname:
