@@ -23,6 +23,7 @@ class ResponseHead(NamedTuple):
     status: int
     reason: str
     headers: tuple[tuple[str, str], ...]
+    version: str = "HTTP/1.1"
 
     def get_all(self, name: str) -> list[str]:
         name = name.lower()
@@ -39,13 +40,19 @@ class ResponseHead(NamedTuple):
         value = self.get("Content-Length")
         if value is None:
             return 0 if self.status in (204, 304) or 100 <= self.status < 200 else None
-        if not value.strip().isdigit():
-            raise BadResponse(f"bad Content-Length {value!r}")
-        return int(value)
+        text = value.strip()
+        # ASCII digits only (str.isdigit takes "²", which int() refuses), and few enough of
+        # them for int() (it refuses over 4300 digits)
+        if not (text.isascii() and text.isdigit()) or len(text) > 18:
+            raise BadResponse(f"bad Content-Length {_printable(value)!r}")
+        return int(text)
 
     def keeps_alive(self) -> bool:
         connection = ",".join(self.get_all("Connection") + self.get_all("Proxy-Connection"))
-        return "close" not in {token.strip().lower() for token in connection.split(",")}
+        tokens = {token.strip().lower() for token in connection.split(",")}
+        if self.version == "HTTP/1.0":  # HTTP/1.0 closes unless it says keep-alive
+            return "keep-alive" in tokens and "close" not in tokens
+        return "close" not in tokens
 
 
 def split_head(buffer: bytes) -> tuple[bytes, bytes] | None:
@@ -68,7 +75,8 @@ def parse_head(head: bytes) -> ResponseHead:
     lines = text.split("\r\n")
     version, _, rest = lines[0].partition(" ")
     code, _, reason = rest.partition(" ")
-    if version not in ("HTTP/1.1", "HTTP/1.0") or len(code) != 3 or not code.isdigit():
+    digits = code.isascii() and code.isdigit()  # not "²²²", which int() refuses
+    if version not in ("HTTP/1.1", "HTTP/1.0") or len(code) != 3 or not digits:
         raise BadResponse(f"not an HTTP response: {_printable(lines[0])!r}")
     if len(lines) - 1 > MAX_HEADERS:
         raise BadResponse(f"more than {MAX_HEADERS} header lines")
@@ -78,7 +86,7 @@ def parse_head(head: bytes) -> ResponseHead:
         if not sep or not name or name != name.strip() or any(c in name for c in " \t"):
             raise BadResponse(f"malformed header line {_printable(line)!r}")
         headers.append((name, value.strip(" \t")))
-    return ResponseHead(int(code), reason, tuple(headers))
+    return ResponseHead(int(code), reason, tuple(headers), version)
 
 
 def _printable(text: str, limit: int = 120) -> str:

@@ -62,7 +62,9 @@ class BadTarget(TunnelError):
 def authority(host: str, port: str | int) -> str:
     """`host:port` for the CONNECT line, refusing anything that could inject a header."""
     text = str(port)
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    # ASCII digits only: str.isdigit also takes superscripts (int() refuses them) and other
+    # scripts' digits (int() reads them), and int() refuses over 4300 digits
+    if not (text.isascii() and text.isdigit()) or len(text) > 5 or not 0 < int(text) < 65536:
         raise BadTarget(f"bad port {text!r}")
     bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if ":" in bare:

@@ -13,7 +13,9 @@ CHUNK = 65536
 def relay_stdio(sock: socket.socket, stdin: int = 0, stdout: int = 1) -> None:
     """Copy both ways until the server closes; a client EOF half-closes toward the server
     (so ssh's own protocol shutdown works), binary-safe."""
-    sel = selectors.DefaultSelector()
+    # poll, not epoll (DefaultSelector): epoll refuses regular files and /dev/null with
+    # EPERM, and `proxyd connect HOST PORT </dev/null` (or <file) must work like nc.
+    sel = selectors.PollSelector()
     sel.register(stdin, selectors.EVENT_READ, "up")
     sel.register(sock, selectors.EVENT_READ, "down")
     try:
