@@ -8,8 +8,10 @@ CONFIG ?= config/proxyd.yaml
 # Debian packages: what proxyd needs to run, and the real clients and servers the tests drive.
 RUN_DEBS := python3-venv ca-certificates
 TEST_DEBS := curl git wget openssh-client openssh-server squid apache2-utils iproute2 prometheus chromium \
-             python3.11-minimal \
+             python3.11-minimal nodejs \
              libcurl4-openssl-dev libssl-dev build-essential
+
+NODE_DIR := tests/integration/node
 
 .PHONY: run test lint typecheck unit integration debs-run debs-test clean
 
@@ -22,8 +24,15 @@ $(BIN)/proxyd: pyproject.toml
 debs-run:
 	@bash .ci/apt-install $(RUN_DEBS)
 
+# Debian's nodejs comes without npm (its own package); NodeSource's nodejs has npm built in.
 debs-test:
 	@bash .ci/apt-install $(RUN_DEBS) $(TEST_DEBS)
+	@command -v npm >/dev/null || bash .ci/apt-install npm
+
+# Node's undici for the `proxyd relay` client tests, pinned by package-lock.json.
+$(NODE_DIR)/node_modules: $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund
+	touch $@
 
 run: debs-run $(BIN)/proxyd
 	@$(BIN)/proxyd check-config $(CONFIG)
@@ -36,8 +45,8 @@ lint: $(BIN)/proxyd
 typecheck: $(BIN)/proxyd
 	$(BIN)/mypy
 
-test: debs-test $(BIN)/proxyd lint typecheck
+test: debs-test $(BIN)/proxyd $(NODE_DIR)/node_modules lint typecheck
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) *.egg-info .mypy_cache .ruff_cache .pytest_cache $(NODE_DIR)/node_modules

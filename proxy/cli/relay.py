@@ -57,8 +57,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def listen_address(text: str, allow_remote: bool) -> tuple[str, int]:
+    # Port 0 (any free port) is fine to listen on, though not in a proxy URL.
+    head, sep, port_text = text.rpartition(":")
+    any_port = bool(sep) and port_text.isdigit() and int(port_text) == 0
     try:
-        endpoint: ProxyEndpoint = parse_proxy_url(text, from_command_line=True)
+        endpoint: ProxyEndpoint = parse_proxy_url(
+            f"{head}:1" if any_port else text, from_command_line=True
+        )
     except ProxydError as e:
         raise ProxydError(f"bad --listen {text!r}: {e}") from None
     host = endpoint.host
@@ -77,7 +82,7 @@ def listen_address(text: str, allow_remote: bool) -> tuple[str, int]:
             "the upstream proxy as you",
             file=sys.stderr,
         )
-    return host, endpoint.port
+    return host, 0 if any_port else endpoint.port
 
 
 def run(args: argparse.Namespace) -> int:
