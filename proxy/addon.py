@@ -9,21 +9,25 @@ from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mitmproxy import connection, http
-from mitmproxy.proxy import events, layer, layers
+from mitmproxy.addons.proxyserver import Proxyserver
+from mitmproxy.proxy import commands, events, layer, layers
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers.http import HTTPMode
 from mitmproxy.proxy.mode_specs import RegularMode
+from mitmproxy.proxy.server import ConnectionHandler
 
-from . import gate
+from . import gate, splice
 from .accesslog import AccessRecord
 from .addresses import IPAddress, format_hostport, parse_ip_literal
 from .errors import BadDestination
 from .executors.resolver import ResolveError
 from .recorder import Recorder
 from .runtime import Runtime
+from .takeover import TAKEOVER_AFTER, Takeover
 from .throttle import FailureThrottle
 
 HOP_BY_HOP_PROXY_HEADERS = ("Proxy-Authorization", "Proxy-Connection")
@@ -55,6 +59,12 @@ class Exchange:
         self.bytes_down += len(chunk)
         return chunk
 
+    def count(self, up: bool, n: int) -> None:
+        if up:
+            self.bytes_up += n
+        else:
+            self.bytes_down += n
+
     def record(self, now: float) -> AccessRecord:
         return AccessRecord(
             time=now,
@@ -75,19 +85,49 @@ class Exchange:
 
 class CountingTunnel(layers.TCPLayer):
     """A passthrough tunnel that counts the bytes it relays (mitmproxy's ignored TCP layer
-    fires no hooks, so nothing else could)."""
+    fires no hooks, so nothing else could), keeps half-closes, and hands itself to the
+    splice relay once it has carried `TAKEOVER_AFTER` bytes."""
 
-    def __init__(self, context: Context, exchange: Exchange) -> None:
+    def __init__(
+        self,
+        context: Context,
+        exchange: Exchange,
+        find_handler: Callable[[], ConnectionHandler | None],
+        pipes: splice.PipePool,
+    ) -> None:
         super().__init__(context, ignore=True)
         self.exchange = exchange
+        self.find_handler = find_handler
+        self.pipes = pipes
+        self.takeover: Takeover | None = None
+        self.tried_takeover = False
 
     def handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if self.takeover is not None and isinstance(event, events.ConnectionClosed):
+            # Not the peer's end: the marker that mitmproxy has delivered all it read.
+            self.takeover.drained(event.connection)
+            return
         if isinstance(event, events.DataReceived):
-            if event.connection is self.context.client:
-                self.exchange.bytes_up += len(event.data)
-            else:
-                self.exchange.bytes_down += len(event.data)
-        return super().handle_event(event)
+            self.exchange.count(event.connection is self.context.client, len(event.data))
+        for command in super().handle_event(event):
+            if isinstance(command, commands.CloseTcpConnection) and command.half_close:
+                # mitmproxy's CONNECT passthrough would make this a full close, and the
+                # reply a server sends after a client's half-close would be lost.
+                handler = self.find_handler()
+                if handler is not None:
+                    handler.close_connection(command.connection, half_close=True)
+                    continue
+            yield command
+        exchange = self.exchange
+        if not self.tried_takeover and exchange.bytes_up + exchange.bytes_down >= TAKEOVER_AFTER:
+            self.tried_takeover = True
+            self.takeover = Takeover.begin(
+                self.find_handler(),
+                self.context.client,
+                self.context.server,
+                self.pipes,
+                exchange.count,
+            )
 
 
 class TunnelLayers:
@@ -95,8 +135,10 @@ class TunnelLayers:
 
     name = "nextlayer"
 
-    def __init__(self, tunnels: dict[str, Exchange]) -> None:
+    def __init__(self, tunnels: dict[str, Exchange], server: Proxyserver) -> None:
         self.tunnels = tunnels
+        self.server = server  # its `connections` map leads a tunnel to its handler
+        self.pipes = splice.PipePool()
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
         if nextlayer.layer is not None:
@@ -110,8 +152,14 @@ class TunnelLayers:
         exchange = self.tunnels.get(context.client.id)
         if exchange is None:
             nextlayer.layer = layers.TCPLayer(context, ignore=True)
-        else:
-            nextlayer.layer = CountingTunnel(context, exchange)
+            return
+        client_id = context.client.id
+        nextlayer.layer = CountingTunnel(
+            context, exchange, lambda: self.server.connections.get(client_id), self.pipes
+        )
+
+    def done(self) -> None:
+        self.pipes.close()
 
 
 class ProxydAddon:

@@ -174,7 +174,8 @@ def build_master(
     addon = ProxydAddon(runtime, Recorder(metrics, access_log, cfg.access_log.format), tunnels)
     lifecycle = Lifecycle(config_path, addon, first_run_hint, access_log)
     lifecycle.count_user_reloads(runtime)
-    master.addons.add(proxyserver.Proxyserver(), TunnelLayers(tunnels), addon, lifecycle)
+    server = proxyserver.Proxyserver()
+    master.addons.add(server, TunnelLayers(tunnels, server), addon, lifecycle)
     opts.update(
         mode=["regular"],
         listen_host=cfg.listen_host,
