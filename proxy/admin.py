@@ -11,17 +11,15 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-from .metrics import Metrics
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 log = logging.getLogger("proxyd.admin")
 MAX_HEAD = 8192
 
 
 class AdminServer:
-    def __init__(self, metrics: Metrics, ready: Callable[[], bool]) -> None:
-        self.metrics = metrics
+    def __init__(self, registry: CollectorRegistry, ready: Callable[[], bool]) -> None:
+        self.registry = registry
         self.ready = ready
         self.server: asyncio.Server | None = None
 
@@ -40,7 +38,7 @@ class AdminServer:
         if method not in ("GET", "HEAD"):
             return 405, "text/plain", b"method not allowed\n"
         if path == "/metrics":
-            return 200, CONTENT_TYPE_LATEST, generate_latest(self.metrics.registry)
+            return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
         if path == "/healthz":
             return 200, "text/plain", b"ok\n"
         if path == "/readyz":

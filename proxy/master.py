@@ -31,10 +31,14 @@ from .executors.logfile import LogFile
 from .metrics import Metrics
 from .recorder import Recorder
 from .runtime import Runtime, build_runtime
+from .workers import WorkerRole
 
 log = logging.getLogger("proxyd")
 
 LISTEN_BACKLOG = 1024  # mitmproxy's asyncio default is 100: bursts of tunnels overflow it
+# Under `serve --workers N` every worker binds the same port; the kernel spreads
+# connections across them.
+LISTEN_REUSE_PORT = False
 
 
 async def _listen_with_backlog(
@@ -43,7 +47,12 @@ async def _listen_with_backlog(
     # Replaces AsyncioServerInstance.listen for regular mode (pinned: mitmproxy 11.0.x) to
     # set the backlog; mitmproxy's own dual-stack port-0 workaround is not needed here.
     server = await asyncio.start_server(
-        self.handle_stream, host or None, port, backlog=LISTEN_BACKLOG, reuse_address=True
+        self.handle_stream,
+        host or None,
+        port,
+        backlog=LISTEN_BACKLOG,
+        reuse_address=True,
+        reuse_port=LISTEN_REUSE_PORT or None,
     )
     return [server]
 
@@ -62,13 +71,15 @@ class Lifecycle:
         addon: ProxydAddon,
         first_run_hint: bool,
         access_log: LogFile,
+        role: WorkerRole | None = None,
     ) -> None:
         self.config_path = config_path
+        self.role = role
         self.addon = addon
         self.first_run_hint = first_run_hint
         self.access_log = access_log
         self.metrics = addon.recorder.metrics
-        self.admin = AdminServer(self.metrics, ready=lambda: self.listening)
+        self.admin = AdminServer(self.metrics.registry, ready=lambda: self.listening)
         self.listening = False
         self.failed = False
 
@@ -93,8 +104,13 @@ class Lifecycle:
                 return
             log.info("proxyd: admin listening on %s", format_hostport(host, port))
         for addr in addrs:
-            log.info("proxyd: listening on %s", format_hostport(addr[0], addr[1]))
+            if self.role is None:
+                log.info("proxyd: listening on %s", format_hostport(addr[0], addr[1]))
+            else:
+                log.info("proxyd: worker %d ready", self.role.index)
         self.listening = True
+        if self.role is not None:
+            self.role.announce()
         if self.first_run_hint and len(self.addon.runtime.users) == 0:
             log.info(
                 "proxyd: no users yet. Add the first one with:\n"
@@ -140,6 +156,8 @@ class Lifecycle:
         old = self.addon.runtime.config
         try:
             new = config_mod.load(self.config_path)
+            if self.role is not None:
+                new = self.role.apply(new)
             runtime = build_runtime(new, replay=self.addon.runtime.verifier.replay)
         except (ConfigError, OSError, ValueError) as e:
             self.metrics.reloads.labels("config", "error").inc()
@@ -160,19 +178,23 @@ class Lifecycle:
 
 
 def build_master(
-    config_path: Path, runtime: Runtime, first_run_hint: bool = False
+    config_path: Path,
+    runtime: Runtime,
+    first_run_hint: bool = False,
+    role: WorkerRole | None = None,
 ) -> tuple[Master, Lifecycle]:
     """The master with exactly proxyd's addons. Needs a running event loop."""
     cfg = runtime.config
     headerlimit.HeaderLimit.bytes = cfg.limits.max_header_bytes
     opts = options.Options()
     master = Master(opts)
-    metrics = Metrics()
-    metrics.users.set_function(lambda: len(addon.runtime.users))
+    metrics = Metrics(worker=role is not None)
+    if metrics.users is not None:
+        metrics.users.set_function(lambda: len(addon.runtime.users))
     access_log = LogFile(cfg.access_log.path)
     tunnels: dict[str, Exchange] = {}
     addon = ProxydAddon(runtime, Recorder(metrics, access_log, cfg.access_log.format), tunnels)
-    lifecycle = Lifecycle(config_path, addon, first_run_hint, access_log)
+    lifecycle = Lifecycle(config_path, addon, first_run_hint, access_log, role)
     lifecycle.count_user_reloads(runtime)
     server = proxyserver.Proxyserver()
     master.addons.add(server, TunnelLayers(tunnels, server), addon, lifecycle)
@@ -187,8 +209,15 @@ def build_master(
     return master, lifecycle
 
 
-async def serve(config_path: Path, runtime: Runtime, first_run_hint: bool = False) -> int:
-    master, lifecycle = build_master(config_path, runtime, first_run_hint)
+async def serve(
+    config_path: Path,
+    runtime: Runtime,
+    first_run_hint: bool = False,
+    role: WorkerRole | None = None,
+) -> int:
+    global LISTEN_REUSE_PORT
+    LISTEN_REUSE_PORT = role is not None
+    master, lifecycle = build_master(config_path, runtime, first_run_hint, role)
     loop = asyncio.get_running_loop()
     draining: list[asyncio.Task[None]] = []
 

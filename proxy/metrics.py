@@ -14,7 +14,12 @@ DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    """`worker=True` under `serve --workers N`: values go to prometheus-client's
+    multiprocess files (PROMETHEUS_MULTIPROC_DIR, set by the supervisor) and the
+    supervisor, which serves /metrics, adds the users gauge and the build info itself
+    (neither can be summed across processes)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, worker: bool = False) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -26,7 +31,12 @@ class Metrics:
         self.auth_failures = Counter(
             "proxyd_auth_failures", "Failed authentications by reason", ["reason"], registry=r
         )
-        self.tunnels_active = Gauge("proxyd_tunnels_active", "Open CONNECT tunnels", registry=r)
+        self.tunnels_active = Gauge(
+            "proxyd_tunnels_active",
+            "Open CONNECT tunnels",
+            registry=r,
+            multiprocess_mode="livesum",  # summed over the workers alive
+        )
         self.bytes = Counter(
             "proxyd_bytes", "Bytes relayed (up: client to server)", ["direction"], registry=r
         )
@@ -45,5 +55,9 @@ class Metrics:
         self.reloads = Counter(
             "proxyd_reloads", "Config and users reloads", ["what", "result"], registry=r
         )
-        self.users = Gauge("proxyd_users", "Users configured (usable in the realm)", registry=r)
-        Info("proxyd_build", "proxyd build information", registry=r).info({"version": __version__})
+        self.users: Gauge | None = None
+        if not worker:
+            self.users = Gauge("proxyd_users", "Users configured", registry=r)
+            Info("proxyd_build", "proxyd build information", registry=r).info(
+                {"version": __version__}
+            )

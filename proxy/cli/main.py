@@ -31,7 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the proxy")
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    p.add_argument(
+        "--workers",
+        type=serve.workers_count,
+        default=1,
+        metavar="N",
+        help="proxy processes sharing the port (SO_REUSEPORT); about one per core",
+    )
     p.add_argument("--first-run-hint", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--worker-of", type=serve.worker_role, help=argparse.SUPPRESS)
     p.set_defaults(func=serve.run)
 
     p = sub.add_parser("check-config", help="validate a config file")

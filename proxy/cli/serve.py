@@ -1,4 +1,4 @@
-"""`proxyd serve`."""
+"""`proxyd serve`: one proxy process, or a supervisor and `--workers N` of them."""
 
 from __future__ import annotations
 
@@ -7,18 +7,41 @@ import asyncio
 
 from .. import config
 from ..errors import ConfigError
+from ..workers import WorkerRole, parse_workers, supervise
 from .main import configure_logging
+
+
+def workers_count(text: str) -> int:
+    try:
+        return parse_workers(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def worker_role(text: str) -> WorkerRole:
+    try:
+        return WorkerRole.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def run(args: argparse.Namespace) -> int:
     configure_logging()
+    role: WorkerRole | None = args.worker_of
     cfg = config.load(args.config)
+    if role is not None:
+        role.follow_parent()
+        cfg = role.apply(cfg)
     # Imported here: mitmproxy takes ~0.5 s to import, which no other subcommand should pay.
-    from ..master import serve
     from ..runtime import build_runtime
 
     try:
         runtime = build_runtime(cfg)
     except (OSError, ValueError) as e:
         raise ConfigError([str(e)]) from e
-    return asyncio.run(serve(args.config, runtime, args.first_run_hint))
+    if role is None and args.workers > 1:
+        # The supervisor: checked config, nonce secret created once, before any worker.
+        return supervise(args.config, runtime, args.workers, args.first_run_hint)
+    from ..master import serve
+
+    return asyncio.run(serve(args.config, runtime, args.first_run_hint, role))

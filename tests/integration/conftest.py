@@ -81,7 +81,8 @@ def proxyd_factory(
     """Start `proxyd serve` on 127.0.0.1:0 with a config written under tmp_path.
 
     proxyd_factory(algorithms=("MD5", "SHA-256"), users={"alice": "wonderland"},
-                   extra_rules=None, nonce_lifetime=300, **config_overrides) -> ProxydHandle
+                   extra_rules=None, nonce_lifetime=300, serve_args=(),
+                   **config_overrides) -> ProxydHandle
     """
     if not proxyd_bin().exists():
         pytest.fail(f"{proxyd_bin()} missing: run `make .venv/bin/proxyd`", pytrace=False)
@@ -93,6 +94,7 @@ def proxyd_factory(
         users: Mapping[str, str] | None = None,
         extra_rules: Sequence[Mapping[str, Any]] | None = None,
         nonce_lifetime: int = 300,
+        serve_args: Sequence[str] = (),
         **config_overrides: Any,
     ) -> ProxydHandle:
         directory = tmp_path / f"proxyd{len(handles)}"
@@ -110,7 +112,7 @@ def proxyd_factory(
         )
         for name, password in (DEFAULT_USERS if users is None else users).items():
             add_user(config_path, name, password, env)
-        handle = ProxydHandle(config_path, env)
+        handle = ProxydHandle(config_path, env, serve_args)
         handles.append(handle)
         return handle
 

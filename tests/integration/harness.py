@@ -470,7 +470,7 @@ _LISTENING_RE = re.compile(r"proxyd: listening on (\S+):(\d+)\s*$")
 class ProxydHandle:
     """A running `proxyd serve`; its stdout and stderr are collected by a reader thread."""
 
-    def __init__(self, config_path: Path, env: Mapping[str, str]):
+    def __init__(self, config_path: Path, env: Mapping[str, str], args: Sequence[str] = ()):
         self.config_path = config_path
         self.host = ""
         self.port = 0
@@ -480,7 +480,7 @@ class ProxydHandle:
         self._cond = threading.Condition()
         self._eof = False
         self.proc = subprocess.Popen(
-            [str(proxyd_bin()), "serve", "--config", str(config_path)],
+            [str(proxyd_bin()), "serve", "--config", str(config_path), *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -21,9 +21,10 @@ import socketserver
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from conftest import ProxydFactory
@@ -152,7 +153,7 @@ def servers() -> Iterator[Servers]:
 
 
 @pytest.fixture
-def tunnel_proxy(proxyd_factory: ProxydFactory, servers: Servers, tmp_path) -> ProxydHandle:
+def tunnel_proxy(proxyd_factory: ProxydFactory, servers: Servers, tmp_path: Path) -> ProxydHandle:
     rule = {"name": "bulk", "from": ["any"], "to": ["testzone"], "ports": servers.ports()}
     return proxyd_factory(
         extra_rules=[{**rule, "auth": "none"}],
@@ -207,12 +208,12 @@ def bulk_exchange(
     assert digest == hashlib.sha256(payload).hexdigest()
 
 
-def access_records(tmp_path) -> list[dict[str, object]]:
+def access_records(tmp_path: Path) -> list[dict[str, object]]:
     path = tmp_path / "access.log"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def wait_for(predicate, timeout: float = IO_TIMEOUT) -> None:  # type: ignore[no-untyped-def]
+def wait_for(predicate: Callable[[], bool], timeout: float = IO_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "condition not met in time"
@@ -232,7 +233,7 @@ def test_takeover_threshold_is_what_these_tests_cross() -> None:
 
 @pytest.mark.parametrize(("up", "down"), [(20 * MiB, 20 * MiB), (0, 8 * MiB), (8 * MiB, 0)])
 def test_bulk_both_ways_with_half_close(
-    tunnel_proxy: ProxydHandle, servers: Servers, tmp_path, up: int, down: int
+    tunnel_proxy: ProxydHandle, servers: Servers, tmp_path: Path, up: int, down: int
 ) -> None:
     bulk_exchange(tunnel_proxy, servers.bulk, up, down, seed=up + down)
     reply = len(f"{up} {hashlib.sha256(pattern(up, up + down)).hexdigest()}\n")
@@ -292,7 +293,7 @@ def test_server_reset_reaches_the_client_as_a_reset(
 
 
 def test_client_reset_mid_download_frees_everything(
-    tunnel_proxy: ProxydHandle, servers: Servers, tmp_path
+    tunnel_proxy: ProxydHandle, servers: Servers, tmp_path: Path
 ) -> None:
     wait_for(lambda: proxy_fds(tunnel_proxy) > 0)
     baseline = proxy_fds(tunnel_proxy)
