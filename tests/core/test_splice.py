@@ -1,0 +1,197 @@
+"""The splice relay on its own, between real loopback socket pairs (no proxy, no mitmproxy)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import socket
+from collections.abc import Callable
+
+import pytest
+
+from proxy import splice
+
+MiB = 1 << 20
+
+
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected TCP pair on loopback (splice needs real sockets, as in the proxy)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        a = socket.create_connection(listener.getsockname())
+        b, _ = listener.accept()
+    for s in (a, b):
+        s.setblocking(False)
+    return a, b
+
+
+class Tunnel:
+    """client_end <-> [relay: client_side | server_side] <-> server_end."""
+
+    def __init__(self, pool: splice.PipePool, **relay_args: object) -> None:
+        self.client_end, client_side = tcp_pair()
+        server_side, self.server_end = tcp_pair()
+        self.counted = {True: 0, False: 0}
+
+        def on_bytes(up: bool, n: int) -> None:
+            self.counted[up] += n
+
+        self.relay = splice.Relay(client_side, server_side, pool, on_bytes=on_bytes, **relay_args)  # type: ignore[arg-type]
+        self.sides = (client_side, server_side)
+
+    def close(self) -> None:
+        self.client_end.close()
+        self.server_end.close()
+
+
+async def send_all(sock: socket.socket, data: bytes) -> None:
+    await asyncio.get_running_loop().sock_sendall(sock, data)
+
+
+async def read_to_end(sock: socket.socket, delay: float = 0.0) -> bytes:
+    loop = asyncio.get_running_loop()
+    got = bytearray()
+    while chunk := await loop.sock_recv(sock, 256 * 1024):
+        got += chunk
+        if delay:
+            await asyncio.sleep(delay)
+    return bytes(got)
+
+
+def run(coro_fn: Callable[[], object]) -> None:
+    asyncio.run(asyncio.wait_for(coro_fn(), 60))  # type: ignore[arg-type]
+
+
+def test_both_directions_pending_bytes_first_and_half_close() -> None:
+    up = random.Random(1).randbytes(6 * MiB)
+    down = random.Random(2).randbytes(5 * MiB)
+
+    async def scenario() -> None:
+        pool = splice.PipePool()
+        t = Tunnel(pool, pending_up=b"UP-KEPT:", pending_down=b"DOWN-KEPT:")
+        t.relay.start()
+
+        async def client() -> bytes:
+            await send_all(t.client_end, up)
+            t.client_end.shutdown(socket.SHUT_WR)
+            return await read_to_end(t.client_end)
+
+        async def server() -> bytes:
+            received = await read_to_end(t.server_end)  # the client's half-close arrives...
+            await send_all(t.server_end, down)  # ...and the reply after it still does
+            t.server_end.shutdown(socket.SHUT_WR)
+            return received
+
+        at_client, at_server = await asyncio.gather(client(), server())
+        assert await t.relay.done is None
+        assert at_server == b"UP-KEPT:" + up
+        assert hashlib.sha256(at_client).digest() == hashlib.sha256(b"DOWN-KEPT:" + down).digest()
+        assert t.counted == {True: len(up) + 8, False: len(down) + 10}
+        assert all(s.fileno() == -1 for s in t.sides)  # the relay closed its own sockets
+        assert len(pool.idle) <= 2  # pipes came back empty, for the next tunnel
+        t.close()
+        pool.close()
+
+    run(scenario)
+
+
+def test_an_idle_tunnel_holds_no_pipe_and_a_slow_reader_holds_one() -> None:
+    async def scenario() -> None:
+        pool = splice.PipePool()
+        t = Tunnel(pool)
+        t.relay.start()
+        await asyncio.sleep(0.05)
+        assert t.relay.up.pipe is None and t.relay.down.pipe is None
+        # The server sends far more than the socket buffers take while nobody reads.
+        t.server_end.setblocking(True)
+        sender = asyncio.get_running_loop().run_in_executor(
+            None, t.server_end.sendall, b"x" * (16 * MiB)
+        )
+        await asyncio.sleep(0.3)
+        assert t.relay.down.pipe is not None and t.relay.down.in_pipe > 0
+        got = await read_to_end_after(t, 16 * MiB)
+        await sender
+        assert got == 16 * MiB
+        assert t.relay.down.pipe is None  # drained: back in the pool
+        t.server_end.shutdown(socket.SHUT_WR)
+        t.client_end.shutdown(socket.SHUT_WR)
+        assert await t.relay.done is None
+        t.close()
+        pool.close()
+
+    run(scenario)
+
+
+async def read_to_end_after(t: Tunnel, n: int) -> int:
+    loop = asyncio.get_running_loop()
+    total = 0
+    while total < n:
+        chunk = await loop.sock_recv(t.client_end, MiB)
+        assert chunk
+        total += len(chunk)
+    return total
+
+
+def test_a_reset_on_one_side_is_a_reset_on_the_other() -> None:
+    async def scenario() -> None:
+        pool = splice.PipePool()
+        t = Tunnel(pool)
+        t.relay.start()
+        await send_all(t.server_end, b"partial")
+        t.server_end.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, splice.RESET_ON_CLOSE)
+        t.server_end.close()
+        error = await t.relay.done
+        assert isinstance(error, ConnectionResetError)
+        loop = asyncio.get_running_loop()
+        with pytest.raises(ConnectionResetError):
+            while await loop.sock_recv(t.client_end, MiB):
+                pass
+        t.client_end.close()
+        pool.close()
+
+    run(scenario)
+
+
+def test_when_the_other_owner_closes_the_relay_lets_go() -> None:
+    """alive() turning false (mitmproxy closing its transports) ends the relay at its next
+    wait without touching the sockets again, and without a registration left behind."""
+
+    async def scenario() -> None:
+        pool = splice.PipePool()
+        alive = [True]
+        t = Tunnel(pool, alive=lambda: alive[0])
+        t.relay.start()
+        await send_all(t.client_end, b"a" * 1000)
+        await asyncio.sleep(0.05)
+        alive[0] = False
+        await send_all(t.client_end, b"b" * 1000)
+        error = await asyncio.wait_for(t.relay.done, 5)
+        assert isinstance(error, ConnectionAbortedError)
+        loop = asyncio.get_running_loop()
+        for direction in (t.relay.up, t.relay.down):
+            assert not direction.reading and not direction.writing
+            assert not loop.remove_reader(direction.src)
+            assert not loop.remove_writer(direction.dst)
+        t.close()
+        pool.close()
+
+    run(scenario)
+
+
+def test_the_pool_keeps_only_empty_pipes_and_at_most_keep() -> None:
+    pool = splice.PipePool(keep=2)
+    pipes = [pool.take() for _ in range(3)]
+    assert all(p.capacity >= 65536 for p in pipes)
+    os.write(pipes[0].w, b"left over")
+    pool.give(pipes[0], empty=False)  # bytes of a dead tunnel: closed, never reused
+    pool.give(pipes[1], empty=True)
+    pool.give(pipes[2], empty=True)
+    assert pool.idle == [pipes[1], pipes[2]]
+    extra = splice.Pipe(splice.PIPE_SIZE)
+    pool.give(extra, empty=True)  # over `keep`: closed
+    assert len(pool.idle) == 2
+    with pytest.raises(OSError):
+        os.fstat(extra.r)
+    pool.close()
+    assert pool.idle == []
