@@ -127,7 +127,11 @@ def test_proxyd_service_hardening() -> None:
     # Listening above 1024 needs no capability at all.
     assert service["CapabilityBoundingSet"] == [] and service["AmbientCapabilities"] == []
     writable = " ".join(service["ReadWritePaths"]).split()
-    assert sorted(writable) == ["/var/lib/proxyd", "/var/log/proxyd"]
+    assert sorted(writable) == ["/var/lib/proxyd/proxy", "/var/log/proxyd/proxy"]
+    # systemd creates (and re-owns) exactly these for User=; not their parents, which hold
+    # the jump host's root-owned audit log and state.
+    assert service["LogsDirectory"] == ["proxyd/proxy"]
+    assert service["StateDirectory"] == ["proxyd/proxy"]
     # Stopping waits for the drain (30 s by default) before systemd's SIGKILL.
     assert int(service["TimeoutStopSec"][0]) > 30
 
