@@ -6,10 +6,12 @@ BIN := $(VENV)/bin
 CONFIG ?= config/proxyd.yaml
 
 # Debian packages: what proxyd needs to run, and the real clients and servers the tests drive.
+# haproxy: the load balancer in front of two replicas; systemd: `systemd-analyze verify`.
 RUN_DEBS := python3-venv ca-certificates
 TEST_DEBS := curl git wget openssh-client openssh-server squid apache2-utils iproute2 prometheus chromium \
              python3.11-minimal nodejs \
-             libcurl4-openssl-dev libssl-dev build-essential
+             libcurl4-openssl-dev libssl-dev build-essential \
+             haproxy systemd
 
 NODE_DIR := tests/integration/node
 
