@@ -85,7 +85,7 @@ class Exchange:
 
 class CountingTunnel(layers.TCPLayer):
     """A passthrough tunnel that counts the bytes it relays (mitmproxy's ignored TCP layer
-    fires no hooks, so nothing else could), keeps half-closes, and hands itself to the
+    fires no hooks, so nothing else could), keeps a client's half-close, and hands itself to the
     splice relay once it has carried `TAKEOVER_AFTER` bytes."""
 
     def __init__(
@@ -110,9 +110,15 @@ class CountingTunnel(layers.TCPLayer):
         if isinstance(event, events.DataReceived):
             self.exchange.count(event.connection is self.context.client, len(event.data))
         for command in super().handle_event(event):
-            if isinstance(command, commands.CloseTcpConnection) and command.half_close:
-                # mitmproxy's CONNECT passthrough would make this a full close, and the
-                # reply a server sends after a client's half-close would be lost.
+            if (
+                isinstance(command, commands.CloseTcpConnection)
+                and command.half_close
+                and command.connection is self.context.server
+            ):
+                # The client has sent end-of-file (`ssh -N`, `nc -N`, a request then
+                # shutdown): mitmproxy's CONNECT passthrough would make this a full close,
+                # and the server's reply would be lost. The server's own end still ends the
+                # whole tunnel, as in Squid: a client that never closes holds nothing open.
                 handler = self.find_handler()
                 if handler is not None:
                     handler.close_connection(command.connection, half_close=True)

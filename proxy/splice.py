@@ -188,7 +188,7 @@ class _Direction:
 
 
 class Relay:
-    """Both directions of one tunnel. `done` resolves with None at a clean end (both sides
+    """Both directions of one tunnel. `done` resolves with None at a clean end (the server
     sent end-of-file) or with the error that ended it.
 
     The relay owns the two sockets it is given and closes them when it ends. Given
@@ -224,7 +224,9 @@ class Relay:
         self.down.pump()
 
     def direction_done(self) -> None:
-        if self.up.done and self.down.done:
+        # The client's end-of-file half-closes toward the server and its reply still
+        # comes; the server's end ends the tunnel (as on mitmproxy's path, see addon.py).
+        if self.down.done:
             self._end(None)
 
     def fail(self, error: OSError) -> None:

@@ -231,7 +231,9 @@ def test_takeover_threshold_is_what_these_tests_cross() -> None:
     assert MiB >= TAKEOVER_AFTER  # every bulk test below moves well past it
 
 
-@pytest.mark.parametrize(("up", "down"), [(20 * MiB, 20 * MiB), (0, 8 * MiB), (8 * MiB, 0)])
+@pytest.mark.parametrize(
+    ("up", "down"), [(20 * MiB, 20 * MiB), (0, 8 * MiB), (8 * MiB, 0), (1000, 1000), (0, 0)]
+)
 def test_bulk_both_ways_with_half_close(
     tunnel_proxy: ProxydHandle, servers: Servers, tmp_path: Path, up: int, down: int
 ) -> None:

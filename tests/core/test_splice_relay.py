@@ -195,3 +195,21 @@ def test_the_pool_keeps_only_empty_pipes_and_at_most_keep() -> None:
         os.fstat(extra.r)
     pool.close()
     assert pool.idle == []
+
+
+def test_the_servers_end_ends_the_tunnel_even_if_the_client_never_closes() -> None:
+    """As on mitmproxy's path and in Squid: a client that keeps its side open after the
+    server is done must not hold a tunnel (and its pipes and descriptors) open."""
+
+    async def scenario() -> None:
+        pool = splice.PipePool()
+        t = Tunnel(pool)
+        t.relay.start()
+        await send_all(t.server_end, b"bye")
+        t.server_end.shutdown(socket.SHUT_WR)
+        assert await asyncio.wait_for(t.relay.done, 5) is None
+        assert await read_to_end(t.client_end) == b"bye"
+        t.close()
+        pool.close()
+
+    run(scenario)
