@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mitmproxy import connection, http
-from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.proxy import commands, events, layer, layers
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers.http import HTTPMode
@@ -23,6 +22,7 @@ from mitmproxy.proxy.server import ConnectionHandler
 from . import gate, splice
 from .accesslog import AccessRecord
 from .addresses import IPAddress, format_hostport, parse_ip_literal
+from .engine import Proxyserver
 from .errors import BadDestination
 from .executors.resolver import ResolveError
 from .recorder import Recorder

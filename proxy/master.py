@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from mitmproxy import options
-from mitmproxy.addons import proxyserver
-from mitmproxy.master import Master
 from mitmproxy.proxy import mode_servers
 
 from . import config as config_mod
@@ -25,6 +23,7 @@ from . import headerlimit
 from .addon import Exchange, ProxydAddon, TunnelLayers
 from .addresses import format_hostport
 from .admin import AdminServer
+from .engine import Master, Proxyserver
 from .errors import ConfigError
 from .executors.files import atomic_write
 from .executors.logfile import LogFile
@@ -196,7 +195,7 @@ def build_master(
     addon = ProxydAddon(runtime, Recorder(metrics, access_log, cfg.access_log.format), tunnels)
     lifecycle = Lifecycle(config_path, addon, first_run_hint, access_log, role)
     lifecycle.count_user_reloads(runtime)
-    server = proxyserver.Proxyserver()
+    server = Proxyserver()
     master.addons.add(server, TunnelLayers(tunnels, server), addon, lifecycle)
     opts.update(
         mode=["regular"],
