@@ -161,7 +161,13 @@ class _Direction:
                 self._finish()
                 return
             self.in_pipe = n
-        self._wait_readable()  # budget spent: stay registered, the loop calls again
+        # Budget spent: let other connections run, and come back for what is left. Bytes
+        # still in the pipe wait for the destination, not the source: a source that has
+        # sent its last bytes never becomes readable again.
+        if self.in_pipe:
+            self._wait_writable()
+        else:
+            self._wait_readable()
 
     def _count(self, n: int) -> None:
         self.moved += n

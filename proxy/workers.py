@@ -110,7 +110,12 @@ class Supervisor:
         self.count = count
         self.first_run_hint = first_run_hint
         self.workers = [Worker(i) for i in range(count)]
-        self.metrics_dir = Path(tempfile.mkdtemp(prefix="proxyd-metrics-"))
+        try:
+            self.metrics_dir = Path(tempfile.mkdtemp(prefix="proxyd-metrics-"))
+        except OSError as e:
+            raise ConfigError(
+                [f"--workers needs a writable temporary folder (TMPDIR) for metrics: {e}"]
+            ) from e
         self.metrics = SupervisorMetrics(self.metrics_dir, lambda: len(self.runtime.users))
         self.admin = AdminServer(self.metrics.registry, ready=self.all_ready)
         self.stopping = False

@@ -213,3 +213,34 @@ def test_the_servers_end_ends_the_tunnel_even_if_the_client_never_closes() -> No
         pool.close()
 
     run(scenario)
+
+
+def test_bytes_left_in_the_pipe_when_a_turn_ends_still_arrive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A turn that ends with bytes still in the pipe must wait for the destination, not
+    for the source: here the client sends its last bytes and then waits (as a client does
+    for a reply), so its socket never becomes readable again. A one-byte budget ends every
+    turn, and a small send buffer makes the writes partial."""
+    monkeypatch.setattr(splice, "TURN_BUDGET", 1)
+    payload = random.Random(3).randbytes(4 * MiB)
+
+    async def scenario() -> None:
+        pool = splice.PipePool()
+        t = Tunnel(pool)
+        t.sides[1].setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        t.relay.start()
+        await send_all(t.client_end, payload)  # and no end-of-file: it waits for a reply
+        loop = asyncio.get_running_loop()
+        got = bytearray()
+        while len(got) < len(payload):
+            chunk = await asyncio.wait_for(loop.sock_recv(t.server_end, MiB), 5)
+            assert chunk
+            got += chunk
+        assert bytes(got) == payload
+        t.server_end.shutdown(socket.SHUT_WR)
+        assert await t.relay.done is None
+        t.close()
+        pool.close()
+
+    run(scenario)
