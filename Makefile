@@ -11,11 +11,12 @@ RUN_DEBS := python3-venv ca-certificates
 TEST_DEBS := curl git wget openssh-client openssh-server squid apache2-utils iproute2 prometheus chromium \
              python3.11-minimal nodejs \
              libcurl4-openssl-dev libssl-dev build-essential \
-             haproxy systemd
+             haproxy systemd \
+             wrk nginx-light
 
 NODE_DIR := tests/integration/node
 
-.PHONY: run test lint typecheck unit integration debs-run debs-test clean
+.PHONY: run test lint typecheck unit integration debs-run debs-test bench clean
 
 $(BIN)/proxyd: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,14 +42,19 @@ run: debs-run $(BIN)/proxyd
 	@$(BIN)/proxyd serve --config $(CONFIG) --first-run-hint
 
 lint: $(BIN)/proxyd
-	$(BIN)/ruff check proxy tests
-	$(BIN)/ruff format --check proxy tests
+	$(BIN)/ruff check proxy tests bench
+	$(BIN)/ruff format --check proxy tests bench
 
 typecheck: $(BIN)/proxyd
 	$(BIN)/mypy
 
 test: debs-test $(BIN)/proxyd $(NODE_DIR)/node_modules lint typecheck
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+# Issue 6: proxyd next to Squid and to no proxy, on loopback; ~10 minutes, as root.
+# Results in build/bench/results.json; BENCH_ARGS=--smoke for the 1-round check.
+bench: debs-test $(BIN)/proxyd
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .mypy_cache .ruff_cache .pytest_cache $(NODE_DIR)/node_modules

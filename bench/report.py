@@ -1,0 +1,175 @@
+"""Summaries (median, min, max over rounds) and the Markdown tables printed at the end."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+# (workload prefix, metric key, row label, format); rows are printed in this order.
+ROWS: list[tuple[str, str, str, str]] = [
+    ("get_c", "rps", "GET 1 KiB keep-alive, req/s", "{:,.0f}"),
+    ("bulk_s", "MBps", "CONNECT bulk upload, MB/s", "{:,.0f}"),
+    ("bulk_s", "cpu_s_per_GB", "CONNECT bulk, proxy CPU-s/GB", "{:.2f}"),
+    ("tunnels_w", "per_s", "new tunnels/s (connect, CONNECT, 200, ping, close)", "{:,.0f}"),
+    ("idle_tunnels", "rss_idle_MiB", "RSS idle (fresh process), MiB", "{:.1f}"),
+    ("idle_tunnels", "rss_first_MiB", "RSS with the first idle-tunnel count, MiB", "{:.1f}"),
+    ("idle_tunnels", "rss_second_MiB", "RSS with the second idle-tunnel count, MiB", "{:.1f}"),
+    ("idle_tunnels", "per_tunnel_KiB", "RSS per idle tunnel, KiB", "{:.1f}"),
+    ("latency_c1", "p50_ms", "latency p50 at c=1, ms", "{:.3f}"),
+    ("latency_c1", "p99_ms", "latency p99 at c=1, ms", "{:.3f}"),
+]
+# Where a smaller figure is better the ratio still reads target/reference: < 1 is better.
+LOWER_IS_BETTER = {"cpu_s_per_GB", "rss_idle_MiB", "rss_first_MiB", "rss_second_MiB"}
+LOWER_IS_BETTER |= {"per_tunnel_KiB", "p50_ms", "p99_ms"}
+
+
+def summarize(rounds: Sequence[dict[str, Any]], keys: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in keys:
+        values = [r[key] for r in rounds if r.get(key) is not None]
+        if values:
+            out[key] = {
+                "median": statistics.median(values),
+                "min": min(values),
+                "max": max(values),
+            }
+    out["valid"] = all(r.get("valid", True) for r in rounds)
+    return out
+
+
+def _label(workload: str, prefix: str, label: str, config: dict[str, Any]) -> str:
+    suffix = workload[len(prefix) :]
+    if prefix == "get_c":
+        return f"{label}, c={suffix}"
+    if prefix == "bulk_s":
+        return f"{label}, {suffix} stream{'s' if suffix != '1' else ''}"
+    if prefix == "tunnels_w":
+        return f"{label}, {suffix} workers"
+    if prefix == "idle_tunnels":
+        first, second = config["idle_counts"]
+        return label.replace("the first idle-tunnel count", f"{first} idle tunnels").replace(
+            "the second idle-tunnel count", f"{second} idle tunnels"
+        )
+    return label
+
+
+def _rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(workload, metric, label, format) for every workload present, in ROWS order."""
+    out = []
+    for prefix, metric, label, fmt in ROWS:
+        for workload in results["workloads"]:
+            if workload.startswith(prefix):
+                out.append(
+                    (workload, metric, _label(workload, prefix, label, results["config"]), fmt)
+                )
+    return out
+
+
+def _cell(entry: dict[str, Any] | None, metric: str, fmt: str) -> str:
+    if entry is None or entry.get("not_applicable") or not entry.get("rounds"):
+        return "n/a"
+    summary = entry["summary"]
+    if metric not in summary:
+        return "FAILED" if not summary.get("valid", True) else "n/a"
+    s = summary[metric]
+    text = fmt.format(s["median"])
+    if s["min"] != s["max"]:
+        text += f" [{fmt.format(s['min'])}-{fmt.format(s['max'])}]"
+    return text if summary.get("valid", True) else text + " INVALID"
+
+
+def _median(results: dict[str, Any], workload: str, target: str, metric: str) -> float | None:
+    summary = results["workloads"][workload].get(target, {}).get("summary", {})
+    value = summary.get(metric, {}).get("median")
+    return float(value) if value is not None else None
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or b == 0:
+        return "—"
+    return f"{a / b:.2f}"
+
+
+def results_table(results: dict[str, Any]) -> str:
+    targets = list(results["targets"])
+    labels = [results["targets"][t]["label"] for t in targets]
+    lines = [
+        "| workload | " + " | ".join(labels) + " |",
+        "|---|" + "---:|" * len(targets),
+    ]
+    for workload, metric, label, fmt in _rows(results):
+        cells = [_cell(results["workloads"][workload].get(t), metric, fmt) for t in targets]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if "direct" in targets:
+        for pct in ("p50", "p99"):
+            cells = []
+            direct = _median(results, "latency_c1", "direct", f"{pct}_ms")
+            for t in targets:
+                value = _median(results, "latency_c1", t, f"{pct}_ms")
+                cells.append("—" if value is None or direct is None else f"{value - direct:+.3f}")
+            lines.append(f"| added latency {pct} vs direct, ms | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ratio_table(results: dict[str, Any]) -> str:
+    """proxyd targets against Squid with the same auth, and against direct."""
+    targets = results["targets"]
+    pairs = [(name, info["reference"]) for name, info in targets.items() if info.get("reference")]
+    header = []
+    for name, ref in pairs:
+        header += [f"{targets[name]['label']} ÷ {targets[ref]['label']}"]
+        header += [f"{targets[name]['label']} ÷ direct"]
+    lines = ["| workload | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
+    for workload, metric, label, _ in _rows(results):
+        cells = []
+        for name, ref in pairs:
+            mine = _median(results, workload, name, metric)
+            cells.append(_ratio(mine, _median(results, workload, ref, metric)))
+            cells.append(_ratio(mine, _median(results, workload, "direct", metric)))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def checks_table(results: dict[str, Any]) -> str:
+    """Generator and proxy CPU (cores busy, median) and error counts summed over rounds."""
+    targets = list(results["targets"])
+    labels = [results["targets"][t]["label"] for t in targets]
+    lines = [
+        "| workload: generator + origin CPU / proxy CPU (cores), errors | "
+        + " | ".join(labels)
+        + " |",
+        "|---|" + "---:|" * len(targets),
+    ]
+    for workload, data in results["workloads"].items():
+        if workload.startswith("latency"):
+            continue  # the c=1 GET runs
+        if workload.startswith("idle"):
+            cells = [_idle_check(data.get(t)) for t in targets]
+        else:
+            cells = [_load_check(data.get(t)) for t in targets]
+        lines.append(f"| {workload} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _load_check(entry: dict[str, Any] | None) -> str:
+    if entry is None or not entry["rounds"]:
+        return "n/a"
+    rounds = [r for r in entry["rounds"] if "generator_cpu" in r]
+    failed = len(entry["rounds"]) - len(rounds)
+    if not rounds:
+        return f"{failed} round(s) FAILED"
+    gen = statistics.median(r["generator_cpu"] for r in rounds)
+    origin = statistics.median(r["origin_cpu"] for r in rounds)
+    proxy_values = [r["proxy_cpu"] for r in rounds if r.get("proxy_cpu") is not None]
+    proxy = f"{statistics.median(proxy_values):.2f}" if proxy_values else "—"
+    errors = sum(r["errors"] for r in rounds)
+    text = f"{gen:.2f} + {origin:.2f} / {proxy}, {errors}"
+    return text + (f", {failed} round(s) FAILED" if failed else "")
+
+
+def _idle_check(entry: dict[str, Any] | None) -> str:
+    if entry is None or not entry["rounds"]:
+        return "n/a"
+    errors = sum(r.get("errors", 0) for r in entry["rounds"])
+    return f"errors {errors}"

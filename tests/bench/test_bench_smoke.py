@@ -1,0 +1,114 @@
+"""`bench/run.py --smoke` end to end: the bench runs, covers everything, and the proxies
+answered correctly. No speed is asserted: figures from a 0.5 s run on a shared machine
+mean nothing; only that the bench still works (so `make bench` cannot rot).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+RUN = REPO / "bench" / "run.py"
+# What the bench drives; under CI=true a missing one fails (a CI machine has them all).
+COMPONENTS = {
+    "wrk": "wrk",
+    "nginx": "/usr/sbin/nginx",
+    "squid": "/usr/sbin/squid",
+    "digest_file_auth": "/usr/lib/squid/digest_file_auth",
+    "taskset": "taskset",
+}
+TIMEOUT = 240  # the smoke takes ~40 s; a hang must not eat the suite's time
+
+
+def _require_components() -> None:
+    missing = [name for name, tool in COMPONENTS.items() if not shutil.which(tool)]
+    if not missing:
+        return
+    message = f"bench components not installed: {', '.join(missing)}"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    _require_components()
+    if os.geteuid() != 0:
+        pytest.skip("the bench runs Squid as root (it switches to `proxy`)")
+    out = tmp_path_factory.mktemp("bench") / "results.json"
+    proc = subprocess.run(
+        [sys.executable, str(RUN), "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, (
+        f"bench --smoke failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    )
+    results: dict[str, Any] = json.loads(out.read_text())
+    results["stdout"] = proc.stdout
+    return results
+
+
+def _rounds(results: dict[str, Any], workload: str, target: str) -> list[dict[str, Any]]:
+    entry = results["workloads"][workload][target]
+    return list(entry["rounds"])
+
+
+def test_every_workload_for_every_target(smoke: dict[str, Any]) -> None:
+    config = smoke["config"]
+    expected = {f"get_c{c}" for c in config["get_levels"]}
+    expected |= {f"bulk_s{s}" for s in config["bulk_streams"]}
+    expected |= {f"tunnels_w{config['tunnel_workers']}", "idle_tunnels", "latency_c1"}
+    assert set(smoke["workloads"]) == expected
+    targets = set(smoke["targets"])
+    assert {"direct", "squid", "squid-digest", "proxyd", "proxyd-digest"} <= targets
+    for workload in expected:
+        assert set(smoke["workloads"][workload]) == targets, workload
+        for target in targets:
+            entry = smoke["workloads"][workload][target]
+            if workload == "idle_tunnels" and target == "direct":
+                assert entry["not_applicable"]  # no proxy, no proxy memory
+                continue
+            assert len(entry["rounds"]) == config["rounds"], (workload, target)
+            assert entry["summary"], (workload, target)
+
+
+def test_proxies_answered_correctly(smoke: dict[str, Any]) -> None:
+    assert smoke["valid"]
+    for target in smoke["targets"]:
+        for workload in smoke["workloads"]:
+            if workload.startswith("get_c"):
+                for r in _rounds(smoke, workload, target):
+                    assert r["requests"] > 0 and r["non_2xx"] == 0, (workload, target, r)
+                    assert r["socket_errors"] == 0 and not r["digest_exhausted"], (target, r)
+            elif workload.startswith("bulk_s"):
+                for r in _rounds(smoke, workload, target):
+                    # Every transfer's byte count came back from the sink and matched.
+                    assert r["bytes_verified"] > 0 and r["errors"] == 0, (workload, target, r)
+            elif workload.startswith("tunnels_w"):
+                for r in _rounds(smoke, workload, target):
+                    assert r["tunnels"] > 0 and r["errors"] == 0, (target, r)
+    for target in smoke["targets"]:
+        if target == "direct":
+            continue
+        for r in _rounds(smoke, "idle_tunnels", target):
+            assert r["errors"] == 0 and r["open"] == smoke["config"]["idle_counts"][1], r
+
+
+def test_report_printed(smoke: dict[str, Any]) -> None:
+    stdout = smoke["stdout"]
+    assert "| workload | direct | Squid | Squid+digest | proxyd | proxyd+digest" in stdout
+    assert "proxyd ÷ Squid" in stdout
+    assert "CPU: " in stdout
+    workers = any(t["workers"] > 1 for t in smoke["targets"].values())
+    assert workers or "lists no --workers" in stdout
