@@ -234,7 +234,8 @@ class ProxydAddon:
             self._refuse(flow, gate.Refusal(400, str(e), "bad_destination"), None)
             return
         source_key = flow.client_conn.peername[0]
-        claimed = gate.claimed_username(credentials) if credentials else None
+        offer = gate.read_offer(credentials)
+        claimed = offer.claimed_username
         if credentials and (
             self.source_failures.throttled(source_key, started)
             or (claimed is not None and self.user_failures.throttled(claimed, started))
@@ -245,7 +246,7 @@ class ProxydAddon:
             )
             return
         identity = gate.identify(
-            runtime, credentials, request.method.upper(), request_uris(request), started
+            runtime, offer, request.method.upper(), request_uris(request), started
         )
         failure = identity.auth_failure.reason if identity.auth_failure else None
         if identity.refusal is not None or (failure and failure not in gate.NOT_ABUSE):

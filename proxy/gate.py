@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .addresses import IPAddress, canonical_ip, parse_ip_literal, validate_hostname
-from .digest import parse_credentials, split_scheme
+from .digest import DigestCredentials, parse_credentials, split_scheme
 from .errors import AuthFailure, BadDestination, MalformedCredentials
 from .policy import Decision, Policy, Verdict
 from .runtime import Runtime
@@ -50,41 +50,47 @@ def parse_target(host: str, port: int) -> Target:
     return Target(host, port, None, validate_hostname(host))
 
 
-def identify(
-    runtime: Runtime,
-    header_values: Sequence[str],
-    method: str,
-    request_uris: set[str],
-    now: float,
-) -> Identity:
-    """Who is asking. No header: anonymous. A bad header: a refusal (400) or a failure (407)."""
+@dataclass(frozen=True)
+class Offer:
+    """The Proxy-Authorization a request carries, parsed once: Digest credentials, or what
+    is wrong with the header. No header: all None (anonymous)."""
+
+    credentials: DigestCredentials | None = None
+    failure: AuthFailure | None = None
+    refusal: Refusal | None = None
+
+    @property
+    def claimed_username(self) -> str | None:
+        """The user name claimed, unverified (to throttle guessing per user)."""
+        return self.credentials.username if self.credentials is not None else None
+
+
+def read_offer(header_values: Sequence[str]) -> Offer:
+    """One header or none. A bad header: a refusal (400); Basic: a failure (407)."""
     if not header_values:
-        return Identity()
+        return Offer()
     if len(header_values) > 1:
-        return Identity(
-            refusal=Refusal(400, "more than one Proxy-Authorization header", "malformed")
-        )
+        return Offer(refusal=Refusal(400, "more than one Proxy-Authorization header", "malformed"))
     try:
         scheme, _ = split_scheme(header_values[0])
         if scheme == "basic":
-            return Identity(auth_failure=AuthFailure("basic"))
-        creds = parse_credentials(header_values[0])
-        user = runtime.verifier.verify(creds, method, request_uris, now)
+            return Offer(failure=AuthFailure("basic"))
+        return Offer(credentials=parse_credentials(header_values[0]))
     except MalformedCredentials as e:
-        return Identity(refusal=Refusal(400, f"malformed Proxy-Authorization: {e}", "malformed"))
+        return Offer(refusal=Refusal(400, f"malformed Proxy-Authorization: {e}", "malformed"))
+
+
+def identify(
+    runtime: Runtime, offer: Offer, method: str, request_uris: set[str], now: float
+) -> Identity:
+    """Who is asking: anonymous, a verified user, or why not."""
+    if offer.credentials is None:
+        return Identity(auth_failure=offer.failure, refusal=offer.refusal)
+    try:
+        user = runtime.verifier.verify(offer.credentials, method, request_uris, now)
     except AuthFailure as e:
         return Identity(auth_failure=e)
     return Identity(user=user)
-
-
-def claimed_username(header_values: Sequence[str]) -> str | None:
-    """The user name a Digest header claims, unverified (to throttle guessing per user)."""
-    if len(header_values) != 1:
-        return None
-    try:
-        return parse_credentials(header_values[0]).username
-    except MalformedCredentials:
-        return None
 
 
 # Failures that are part of normal operation are not held against a client.
