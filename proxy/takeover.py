@@ -163,6 +163,9 @@ class Takeover:
     async def _run(self) -> None:
         try:
             error = await self._relay()
+        except OSError as e:  # no descriptor left for the duplicates (EMFILE): end it cleanly
+            log.warning("tunnel %s: relay could not start: %s", self.client.peername, e)
+            error = e
         finally:
             if not self.lost and self.client in self.handler.transports:
                 self.handler.close_connection(self.client)
@@ -185,9 +188,15 @@ class Takeover:
             watchdog.register_activity()  # a busy tunnel must not look idle to mitmproxy
             self.on_bytes(up, n)
 
+        client_socket = _own_duplicate(client)
+        try:
+            server_socket = _own_duplicate(server)
+        except OSError:
+            client_socket.close()
+            raise
         self.relay = splice.Relay(
-            _own_duplicate(client),
-            _own_duplicate(server),
+            client_socket,
+            server_socket,
             self.pipes,
             pending_up=up_kept,
             pending_down=down_kept,
@@ -208,7 +217,12 @@ class Takeover:
 
 def _own_duplicate(transport: asyncio.Transport) -> socket.socket:
     """A socket object of the relay's own on the transport's connection (see splice.Relay)."""
-    return socket.socket(fileno=os.dup(transport.get_extra_info("socket").fileno()))
+    fd = os.dup(transport.get_extra_info("socket").fileno())
+    try:
+        return socket.socket(fileno=fd)
+    except OSError:
+        os.close(fd)
+        raise
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:

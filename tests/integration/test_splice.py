@@ -19,6 +19,7 @@ import signal
 import socket
 import socketserver
 import struct
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -388,3 +389,35 @@ def test_tunnel_through_digest_auth_is_spliced_too(
         got = conn.buffer + read_all(sock)
     assert got[: 3 * MiB] == pattern(3 * MiB)
     assert got[3 * MiB :] == f"{2 * MiB} {hashlib.sha256(payload).hexdigest()}\n".encode()
+
+
+def test_no_descriptor_left_for_the_relay_ends_the_tunnel_cleanly(
+    tunnel_proxy: ProxydHandle, servers: Servers, tmp_path: Path
+) -> None:
+    """EMFILE at the takeover (the relay's duplicates): that tunnel ends with a warning,
+    its log line is written, and the proxy serves the next tunnel once descriptors free up."""
+    pid = tunnel_proxy.proc.pid
+    wait_for(lambda: proxy_fds(tunnel_proxy) > 0)
+    # Room for the client's socket and the upstream one, not for the two duplicates.
+    limit = proxy_fds(tunnel_proxy) + 2
+    soft, hard = subprocess.run(
+        ["prlimit", f"--pid={pid}", "--nofile", "--raw", "--noheadings", "-o", "SOFT,HARD"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    # Only the soft limit moves: raising a hard limit back needs CAP_SYS_RESOURCE.
+    subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={limit}:{hard}"], check=True)
+    try:
+        with open_tunnel(tunnel_proxy, servers.sink) as sock:
+            got = 0
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(MiB):
+                    got += len(chunk)
+            assert got < 2 * MiB  # ended, not relayed to the end
+    finally:
+        subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={soft}:{hard}"], check=True)
+    tunnel_proxy.wait_for_log(r"relay could not start: .*Too many open files")
+    wait_for(lambda: any(r["method"] == "CONNECT" for r in access_records(tmp_path)))
+    bulk_exchange(tunnel_proxy, servers.bulk, MiB, MiB, seed=21)
+    assert "crashed" not in tunnel_proxy.log()
