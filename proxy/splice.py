@@ -84,7 +84,6 @@ class _Direction:
         self.pending = memoryview(pending)
         self.pipe: Pipe | None = None
         self.in_pipe = 0
-        self.moved = 0
         self.done = False
         self.reading = False
         self.writing = False
@@ -170,7 +169,6 @@ class _Direction:
             self._wait_readable()
 
     def _count(self, n: int) -> None:
-        self.moved += n
         self.relay.on_bytes(self is self.relay.up, n)
 
     def _wait_readable(self) -> None:
