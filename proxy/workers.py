@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -50,10 +51,9 @@ PR_SET_PDEATHSIG = 1
 
 def parse_workers(text: str) -> int:
     """argparse type for --workers: a whole number from 1 to MAX_WORKERS."""
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise ValueError(f"--workers takes a whole number, got {text!r}") from None
+    if not re.fullmatch(r"-?[0-9]+", text):  # int() would take " 2", "+2" and "٢"
+        raise ValueError(f"--workers takes a whole number, got {text!r}")
+    value = int(text)
     if not 1 <= value <= MAX_WORKERS:
         raise ValueError(f"--workers must be from 1 to {MAX_WORKERS}, got {value}")
     return value

@@ -223,6 +223,8 @@ def _is_zombie(pid: int) -> bool:
         ("-2", "--workers must be from 1 to 64, got -2"),
         ("two", "--workers takes a whole number, got 'two'"),
         ("", "--workers takes a whole number, got ''"),
+        ("٢", "--workers takes a whole number, got '٢'"),
+        (" 2", "--workers takes a whole number, got ' 2'"),
     ],
 )
 def test_bad_workers_values_are_refused(tmp_path: Path, value: str, message: str) -> None:
