@@ -188,7 +188,15 @@ def replicas(
     home.mkdir()
     env = clean_env(home)
     # One config for both: listen and admin_listen on port 0, so each replica gets its own.
-    config_path = write_proxyd_config(shared, origins, admin_listen=f"{PROXY_HOST}:0")
+    # The users test logs in until both replicas have reloaded: its failed logins before
+    # that must not hit the failed-login buckets (test_limits tests those).
+    unthrottled = {"burst": 100_000, "per_minute": 100_000}
+    config_path = write_proxyd_config(
+        shared,
+        origins,
+        admin_listen=f"{PROXY_HOST}:0",
+        limits={"auth_failures": {"per_source": unthrottled, "per_user": unthrottled}},
+    )
     add_user(config_path, USER, PASSWORD, env)
     handles: list[ProxydHandle] = []
     haproxy: subprocess.Popen[bytes] | None = None
