@@ -133,6 +133,7 @@ class Supervisor:
         ready_r, ready_w = os.pipe()
         argv = [
             sys.executable,
+            "-P",  # not the working folder first: a `proxy/` there must not stand in for us
             "-m",
             "proxy",
             "serve",

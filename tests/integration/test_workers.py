@@ -237,3 +237,35 @@ def test_bad_workers_values_are_refused(tmp_path: Path, value: str, message: str
     assert proc.returncode == 2
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_workers_start_from_a_folder_that_holds_another_proxy_package(tmp_path: Path) -> None:
+    """The supervisor starts `python -P -m proxy`: a `proxy/` package in the working
+    folder must not be what the workers run."""
+    (tmp_path / "proxy").mkdir()
+    (tmp_path / "proxy" / "__init__.py").write_text('raise SystemExit("the decoy ran")\n')
+    (tmp_path / "proxyd.yaml").write_text(
+        "listen: 127.0.0.1:0\n"
+        "auth: {users_file: users.digest, nonce_secret_file: nonce.secret}\n"
+        "zones: {test: [127.0.0.2/32]}\n"
+        "rules: [{name: r, from: [any], to: [test], ports: [80]}]\n"
+    )
+    proc = subprocess.Popen(
+        [str(proxyd_bin()), "serve", "--config", "proxyd.yaml", "--workers", "2"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:  # bounded: the supervisor exits if a worker fails
+            lines.append(line)
+            if "proxyd: listening on" in line:
+                break
+        assert "the decoy ran" not in "".join(lines), lines
+        assert sum("ready" in line for line in lines) == 2, lines
+    finally:
+        proc.terminate()
+        proc.wait(TIMEOUT)
