@@ -27,7 +27,7 @@ from .engine import Master, Proxyserver
 from .errors import ConfigError
 from .executors.files import atomic_write
 from .executors.logfile import LogFile
-from .metrics import Metrics
+from .metrics import Metrics, register_process_metrics
 from .recorder import Recorder
 from .runtime import Runtime, build_runtime
 from .workers import WorkerRole
@@ -102,13 +102,12 @@ class Lifecycle:
                 ctx.master.shutdown()
                 return
             log.info("proxyd: admin listening on %s", format_hostport(host, port))
-        for addr in addrs:
-            if self.role is None:
-                log.info("proxyd: listening on %s", format_hostport(addr[0], addr[1]))
-            else:
-                log.info("proxyd: worker %d ready", self.role.index)
         self.listening = True
-        if self.role is not None:
+        if self.role is None:
+            for addr in addrs:
+                log.info("proxyd: listening on %s", format_hostport(addr[0], addr[1]))
+        else:
+            log.info("proxyd: worker %d ready", self.role.index)
             self.role.announce()
         if self.first_run_hint and len(self.addon.runtime.users) == 0:
             log.info(
@@ -187,9 +186,9 @@ def build_master(
     headerlimit.HeaderLimit.bytes = cfg.limits.max_header_bytes
     opts = options.Options()
     master = Master(opts)
-    metrics = Metrics(worker=role is not None)
-    if metrics.users is not None:
-        metrics.users.set_function(lambda: len(addon.runtime.users))
+    metrics = Metrics()
+    if role is None:  # a worker's supervisor has these
+        register_process_metrics(metrics.registry, lambda: len(addon.runtime.users))
     access_log = LogFile(cfg.access_log.path)
     tunnels: dict[str, Exchange] = {}
     addon = ProxydAddon(runtime, Recorder(metrics, access_log, cfg.access_log.format), tunnels)

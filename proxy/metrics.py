@@ -6,6 +6,8 @@ user names, hosts or rule text an operator could grow without bound.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from . import __version__
@@ -13,13 +15,19 @@ from . import __version__
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
-class Metrics:
-    """`worker=True` under `serve --workers N`: values go to prometheus-client's
-    multiprocess files (PROMETHEUS_MULTIPROC_DIR, set by the supervisor) and the
-    supervisor, which serves /metrics, adds the users gauge and the build info itself
-    (neither can be summed across processes)."""
+def register_process_metrics(registry: CollectorRegistry, users: Callable[[], int]) -> None:
+    """The users gauge and the build info: one per serving process, read at scrape time.
+    Under `serve --workers N` the supervisor registers them (they can't be summed over the
+    workers, whose other metrics go to prometheus-client's multiprocess files)."""
+    gauge = Gauge("proxyd_users", "Users configured (usable in the realm)", registry=registry)
+    gauge.set_function(lambda: float(users()))
+    Info("proxyd_build", "proxyd build information", registry=registry).info(
+        {"version": __version__}
+    )
 
-    def __init__(self, registry: CollectorRegistry | None = None, worker: bool = False) -> None:
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -55,9 +63,3 @@ class Metrics:
         self.reloads = Counter(
             "proxyd_reloads", "Config and users reloads", ["what", "result"], registry=r
         )
-        self.users: Gauge | None = None
-        if not worker:
-            self.users = Gauge("proxyd_users", "Users configured", registry=r)
-            Info("proxyd_build", "proxyd build information", registry=r).info(
-                {"version": __version__}
-            )

@@ -28,16 +28,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from . import __version__
 from . import config as config_mod
 from .addresses import format_hostport
 from .admin import AdminServer
 from .config import Config
 from .errors import ConfigError
 from .executors.files import atomic_write
+from .metrics import register_process_metrics
 from .runtime import Runtime, build_runtime
 
 log = logging.getLogger("proxyd")
@@ -90,11 +90,7 @@ class SupervisorMetrics:
     def __init__(self, directory: Path, users: Callable[[], int]) -> None:
         self.registry = CollectorRegistry()
         MultiProcessCollector(self.registry, path=str(directory))
-        Info("proxyd_build", "proxyd build information", registry=self.registry).info(
-            {"version": __version__}
-        )
-        self.users = Gauge("proxyd_users", "Users configured", registry=self.registry)
-        self.users.set_function(lambda: float(users()))
+        register_process_metrics(self.registry, users)
         self.workers = Gauge("proxyd_workers", "Worker processes serving", registry=self.registry)
         self.restarts = Counter(
             "proxyd_worker_restarts", "Workers started again after dying", registry=self.registry
