@@ -267,6 +267,16 @@ def write_gate(path: Path) -> Path:
         message = f"{python} is needed to run the gate as an unprivileged account"
         pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
     paths = [str(REPO), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    for folder in map(Path, paths):
+        # The account must reach the code: a checkout under a 0700 folder (`mktemp -d`)
+        # would fail every jump test later with "No module named 'proxy'".
+        closed = [p for p in (folder, *folder.parents) if not p.stat().st_mode & 0o001]
+        if closed:
+            pytest.fail(
+                f"{closed[-1]} is not searchable by other users: the jump accounts can't "
+                f"run this checkout's proxyd from {folder} (clone it somewhere they can)",
+                pytrace=False,
+            )
     path.write_text(
         f"#!{python} -I\n"
         "import sys\n"
