@@ -1,13 +1,16 @@
 """The mitmproxy addons: thin adapters from flows to the core's decisions.
 
-Hooks gather facts from the flow, call `gate` and apply the answer. Every CONNECT that is
-let through becomes a byte tunnel (TLS is never intercepted), and the upstream connection
-goes to the address the policy checked, never to a name resolved again.
+Hooks gather facts from the flow (as bytes where they are the client's), ask the admission
+core and apply the outcome, all inside one boundary that refuses on any exception. Every
+CONNECT that is let through becomes a byte tunnel (TLS is never intercepted), and the
+upstream connection goes to the address the policy checked, never to a name resolved again.
+`guard.EngineGuard` checks that again where mitmproxy connects.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,19 +22,20 @@ from mitmproxy.proxy.layers.http import HTTPMode
 from mitmproxy.proxy.mode_specs import RegularMode
 from mitmproxy.proxy.server import ConnectionHandler
 
-from . import gate, splice
+from . import splice
 from .accesslog import AccessRecord
-from .addresses import IPAddress, format_hostport, parse_ip_literal
+from .admission import PAC_PATHS, Admission, Admit, Ask, Outcome, Refuse, Resolve, ServeLocal
 from .engine import Proxyserver
-from .errors import BadDestination
 from .executors.resolver import ResolveError
+from .guard import ADMITTED, Admitted
+from .metrics import Metrics
 from .recorder import Recorder
 from .runtime import Runtime
 from .takeover import TAKEOVER_AFTER, Takeover
-from .throttle import FailureThrottle
+
+log = logging.getLogger("proxyd")
 
 HOP_BY_HOP_PROXY_HEADERS = ("Proxy-Authorization", "Proxy-Connection")
-PAC_PATHS = ("/proxy.pac", "/wpad.dat")
 
 
 @dataclass
@@ -136,13 +140,24 @@ class CountingTunnel(layers.TCPLayer):
             )
 
 
+class ClosedTunnel(layer.Layer):
+    """What a tunnel without an admission record gets: both ends closed, nothing relayed."""
+
+    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if isinstance(event, events.Start):
+            if self.context.server.connected:
+                yield commands.CloseConnection(self.context.server)
+            yield commands.CloseConnection(self.context.client)
+
+
 class TunnelLayers:
     """Chooses protocol layers, in place of mitmproxy's NextLayer addon (hence the name)."""
 
     name = "nextlayer"
 
-    def __init__(self, tunnels: dict[str, Exchange], server: Proxyserver) -> None:
+    def __init__(self, tunnels: dict[str, Exchange], server: Proxyserver, metrics: Metrics) -> None:
         self.tunnels = tunnels
+        self.metrics = metrics
         self.server = server  # its `connections` map leads a tunnel to its handler
         self.pipes = splice.PipePool()
 
@@ -157,7 +172,10 @@ class TunnelLayers:
         # Inside an admitted CONNECT: bytes both ways, nothing parsed or decrypted.
         exchange = self.tunnels.get(context.client.id)
         if exchange is None:
-            nextlayer.layer = layers.TCPLayer(context, ignore=True)
+            # Default deny: a tunnel the gate did not admit is closed, never passed through.
+            nextlayer.layer = ClosedTunnel(context)
+            self.metrics.internal_errors.labels("guard").inc()
+            log.error("closed a tunnel from %s that was never admitted", context.client.peername[0])
             return
         client_id = context.client.id
         nextlayer.layer = CountingTunnel(
@@ -173,18 +191,15 @@ class ProxydAddon:
         self.runtime = runtime
         self.recorder = recorder
         self.tunnels = tunnels  # by client connection id: one tunnel per connection
-        limits = runtime.config.limits
         # Abuse state outlives reloads; a reload only changes the limits.
-        self.source_failures = FailureThrottle(limits.failures_per_source)
-        self.user_failures = FailureThrottle(limits.failures_per_user)
+        self.admission = Admission(runtime.config.limits.auth_failures)
         self.connections: collections.Counter[str] = collections.Counter()
         self.over_limit: set[str] = set()  # client ids refused for too many connections
 
     def swap(self, runtime: Runtime) -> None:
         """Install a fully built runtime (reload): one reference, never a half-built one."""
         self.runtime = runtime
-        self.source_failures.spec = runtime.config.limits.failures_per_source
-        self.user_failures.spec = runtime.config.limits.failures_per_user
+        self.admission.throttle.update(runtime.config.limits.auth_failures)
 
     # --- connections per source ---------------------------------------------------------
 
@@ -202,128 +217,128 @@ class ProxydAddon:
         await self._admit(flow)
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.request.method.upper() != "CONNECT":
+        if flow.request.data.method != b"CONNECT":
             await self._admit(flow)
 
     async def _admit(self, flow: http.HTTPFlow) -> None:
+        """The one fail-closed boundary: whatever happens inside, the flow leaves with an
+        admission record or a refusal, never with neither."""
         if flow.response is not None:
             return
-        started = time.time()
-        runtime = self.runtime  # one config for the whole decision, even across a reload
         request = flow.request
-        is_connect = request.method.upper() == "CONNECT"
-        if flow.client_conn.id in self.over_limit:
-            limit = runtime.config.limits.max_connections_per_source
-            too_many = gate.Refusal(
-                429, f"more than {limit} connections from your address", "connections"
-            )
-            self._refuse(flow, too_many, None)
-            return
-        if not is_connect and addressed_to_proxy(flow, runtime):
-            self._serve_local(flow, runtime)
-            return
-        credentials = request.headers.get_all("Proxy-Authorization")
+        # Never forwarded, whatever follows: the credentials are read from the raw fields.
+        credentials = tuple(
+            v for k, v in request.headers.fields if k.lower() == b"proxy-authorization"
+        )
         for name in HOP_BY_HOP_PROXY_HEADERS:
             request.headers.pop(name, None)
-        if not is_connect and request.scheme != "http":
-            self._refuse(flow, gate.Refusal(400, "use CONNECT for https", "bad_request"), None)
-            return
+        started = time.time()
+        runtime = self.runtime  # one config for the whole decision, even across a reload
         try:
-            target = gate.parse_target(request.host, request.port)
-        except BadDestination as e:
-            self._refuse(flow, gate.Refusal(400, str(e), "bad_destination"), None)
-            return
-        source_key = flow.client_conn.peername[0]
-        offer = gate.read_offer(credentials)
-        claimed = offer.claimed_username
-        if credentials and (
-            self.source_failures.throttled(source_key, started)
-            or (claimed is not None and self.user_failures.throttled(claimed, started))
-        ):
-            # Not even verified: a guesser learns nothing while throttled.
-            self._refuse(
-                flow, gate.Refusal(429, "too many failed logins, retry later", "throttled"), claimed
+            ask = self._ask(flow, credentials)
+            outcome = self.admission.begin(runtime, ask, started)
+            if isinstance(outcome, Resolve):
+                try:
+                    addresses = await runtime.resolver.resolve(outcome.name, outcome.port)
+                except ResolveError as e:
+                    outcome = Refuse(502, str(e), "dns", outcome.user)
+                else:
+                    outcome = self.admission.resolved(runtime, outcome, addresses, started)
+            self._apply(flow, ask, outcome, runtime, started)
+        except Exception:
+            log.exception(
+                "internal error while admitting %s from %s: refused",
+                "a CONNECT" if request.data.method == b"CONNECT" else "a request",
+                flow.client_conn.peername[0],
             )
-            return
-        identity = gate.identify(
-            runtime, offer, request.method.upper(), request_uris(request), started
+            self.recorder.metrics.internal_errors.labels("admission").inc()
+            refuse_internal_error(flow)
+
+    def _ask(self, flow: http.HTTPFlow, credentials: tuple[bytes, ...]) -> Ask:
+        request, client = flow.request, flow.client_conn
+        host_header = [v for k, v in request.headers.fields if k.lower() == b"host"]
+        is_connect = request.data.method == b"CONNECT"
+        return Ask(
+            peer=client.peername[0],
+            local=(client.sockname[0], client.sockname[1]) if client.sockname else None,
+            method=request.data.method,
+            proxy_authorization=credentials,
+            authority=request.data.authority if is_connect else b"",
+            scheme=request.scheme,
+            host=request.host,
+            port=request.port,
+            path=request.data.path,
+            host_header=host_header[0] if len(host_header) == 1 else None,
+            over_connection_limit=client.id in self.over_limit,
         )
-        failure = identity.auth_failure.reason if identity.auth_failure else None
-        if identity.refusal is not None or (failure and failure not in gate.NOT_ABUSE):
-            self.source_failures.failed(source_key, started)
-            if claimed is not None:
-                self.user_failures.failed(claimed, started)
-        if identity.refusal is not None:
-            self._refuse(flow, identity.refusal, None)
-            return
-        addresses: tuple[IPAddress, ...]
-        if target.literal is not None:
-            addresses = (target.literal,)
-        else:
-            assert target.name is not None
-            try:
-                addresses = await runtime.resolver.resolve(target.name, target.port)
-            except ResolveError as e:
-                self._refuse(flow, gate.Refusal(502, str(e), "dns"), identity.user)
-                return
-        source = gate.source_address(flow.client_conn.peername[0])
-        decision, refusal = gate.admit(
-            runtime.policy, source, addresses, target.port, identity, started
-        )
-        if refusal is not None:
-            self._refuse(flow, refusal, identity.user)
-            return
+
+    def _apply(
+        self, flow: http.HTTPFlow, ask: Ask, outcome: Outcome, runtime: Runtime, started: float
+    ) -> None:
+        if isinstance(outcome, Refuse):
+            self._refuse(flow, ask, outcome, runtime)
+        elif isinstance(outcome, ServeLocal):
+            self._serve_local(flow, ask, outcome, runtime)
+        elif isinstance(outcome, Admit):
+            self._forward(flow, ask, outcome, started)
+        else:  # a Resolve left over is a bug: the boundary refuses it
+            raise TypeError(f"unexpected admission outcome {type(outcome).__name__}")
+
+    def _forward(self, flow: http.HTTPFlow, ask: Ask, admit: Admit, started: float) -> None:
+        request = flow.request
         exchange = Exchange(
             started=started,
-            client=str(source),
-            user=identity.user,
-            method=request.method.upper(),
-            target=describe_target(request, target),
-            rule=decision.rule,
-            upstream=str(addresses[0]),
+            client=admit.client,
+            user=admit.user,
+            method=ask.display_method(),
+            target=admit.target,
+            rule=admit.rule,
+            upstream=str(admit.address),
         )
         # Connect to the address we checked: mitmproxy opens the upstream connection to
         # request.host. `data.host` leaves the Host header as the client sent it.
-        request.data.host = str(addresses[0])
+        request.data.host = str(admit.address)
+        request.data.port = admit.port
         flow.metadata["proxyd"] = exchange
-        if is_connect:
+        flow.metadata[ADMITTED] = Admitted(str(admit.address), admit.port)
+        if ask.is_connect:
             self.tunnels[flow.client_conn.id] = exchange
             self.recorder.metrics.tunnels_active.inc()
         elif request.stream:
             request.stream = exchange.count_up
 
-    def _serve_local(self, flow: http.HTTPFlow, runtime: Runtime) -> None:
+    def _serve_local(
+        self, flow: http.HTTPFlow, ask: Ask, local: ServeLocal, runtime: Runtime
+    ) -> None:
         """Requests for the proxy itself: the PAC, without auth; anything else 404.
         Never forwarded, so the proxy can't loop to itself."""
-        request = flow.request
-        path = request.path.split("?", 1)[0]
-        if path in PAC_PATHS and request.method in ("GET", "HEAD"):
-            pac = runtime.pac(request.host_header or format_hostport(request.host, request.port))
+        if local.path in PAC_PATHS and local.method in ("GET", "HEAD"):
+            pac = runtime.pac(local.pac_address)
             headers = {
                 "Content-Type": "application/x-ns-proxy-autoconfig",
                 "ETag": pac.etag,
                 "Cache-Control": "max-age=300",
             }
-            if etag_matches(request.headers.get("If-None-Match"), pac.etag):
-                flow.response = http.Response.make(304, b"", headers)
-            elif request.method == "HEAD":  # the headers of a GET, no content
-                flow.response = http.Response.make(200, b"", headers)
-                flow.response.headers["Content-Length"] = str(len(pac.text.encode()))
+            if etag_matches(flow.request.headers.get("If-None-Match"), pac.etag):
+                response = http.Response.make(304, b"", headers)
+            elif local.method == "HEAD":  # the headers of a GET, no content
+                response = http.Response.make(200, b"", headers)
+                response.headers["Content-Length"] = str(len(pac.text.encode()))
             else:
-                flow.response = http.Response.make(200, pac.text, headers)
+                response = http.Response.make(200, pac.text, headers)
         else:
-            flow.response = http.Response.make(
+            response = http.Response.make(
                 404, "proxyd: not found\n", {"Content-Type": "text/plain; charset=utf-8"}
             )
-        response = flow.response
+        flow.response = response
         self.recorder.record(
             AccessRecord(
                 time=time.time(),
                 duration_ms=0,
-                client=flow.client_conn.peername[0],
+                client=ask.peer,
                 user=None,
-                method=request.method,
-                target=request.url,
+                method=local.method,
+                target=ask.display_target(),
                 status=response.status_code,
                 bytes_up=0,
                 bytes_down=len(response.raw_content or b""),
@@ -334,47 +349,25 @@ class ProxydAddon:
             decision="local",
         )
 
-    def _refuse(self, flow: http.HTTPFlow, refusal: gate.Refusal, user: str | None) -> None:
-        headers: list[tuple[bytes, bytes]] = [(b"Content-Type", b"text/plain; charset=utf-8")]
-        if refusal.status == 429:
-            headers.append((b"Retry-After", b"60"))
-            if refusal.cause == "connections":
-                headers.append((b"Connection", b"close"))
-        if refusal.status == 407:
-            for value in self.runtime.challenges(refusal.stale):
-                headers.append((b"Proxy-Authenticate", value.encode("ascii")))
-        body = f"proxyd: {refusal.reason}\n"
-        flow.response = http.Response.make(refusal.status, body, headers)
-        if flow.request.stream:
-            # mitmproxy can't answer early and stream the body; read it and drop it.
-            flow.request.stream = False
-        now = time.time()
-        request = flow.request
-        target = (
-            request.authority or f"{request.host}:{request.port}"
-            if request.method.upper() == "CONNECT"
-            else request.url
-        )
+    def _refuse(self, flow: http.HTTPFlow, ask: Ask, refusal: Refuse, runtime: Runtime) -> None:
+        challenges = runtime.challenges(refusal.stale) if refusal.status == 407 else []
+        body = refusal_response(flow, refusal, challenges)
         self.recorder.record(
             AccessRecord(
-                time=now,
+                time=time.time(),
                 duration_ms=0,
-                client=flow.client_conn.peername[0],
-                user=user,
-                method=request.method,
-                target=target,
+                client=ask.peer,
+                user=refusal.user,
+                method=ask.display_method(),
+                target=ask.display_target(),
                 status=refusal.status,
                 bytes_up=0,
                 bytes_down=len(body),
                 rule=refusal.rule,
-                auth=(
-                    refusal.cause
-                    if refusal.status == 407 or refusal.cause == "throttled"
-                    else ("ok" if user else "none")
-                ),
+                auth=refusal.auth,
                 content_type="text/plain",
             ),
-            decision="auth_required" if refusal.status == 407 else refusal.cause,
+            decision=refusal.decision,
         )
 
     # --- the end of admitted requests and tunnels ---------------------------------------
@@ -435,40 +428,34 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
     return "*" in tags or etag in tags
 
 
-def addressed_to_proxy(flow: http.HTTPFlow, runtime: Runtime) -> bool:
-    """Is the request for the proxy itself: its public address, or the address and port
-    the client connected to? (mitmproxy has erased origin-form vs absolute-form by now.)"""
-    request = flow.request
-    public = runtime.config.public_address
-    if public is not None and (request.host.lower(), request.port) == public:
-        return True
-    sockname = flow.client_conn.sockname
-    if not sockname or request.port != sockname[1]:
-        return False
+def refusal_response(flow: http.HTTPFlow, refusal: Refuse, challenges: list[str]) -> bytes:
+    """Answer `flow` with the refusal (its response is set first, before anything that
+    could fail); returns the body sent."""
+    headers: list[tuple[bytes, bytes]] = [(b"Content-Type", b"text/plain; charset=utf-8")]
+    if refusal.status == 429:
+        headers.append((b"Retry-After", b"60"))
+        if refusal.cause == "connections":
+            headers.append((b"Connection", b"close"))
+    for value in challenges:
+        headers.append((b"Proxy-Authenticate", value.encode("ascii")))
+    body = f"proxyd: {refusal.reason}\n".encode("ascii", "backslashreplace")
+    flow.response = http.Response.make(refusal.status, body, headers)
+    if flow.request.stream:
+        # mitmproxy can't answer early and stream the body; read it and drop it.
+        flow.request.stream = False
+    return body
+
+
+def refuse_internal_error(flow: http.HTTPFlow) -> None:
+    """The boundary's error path: a 500 that closes the connection, with nothing in it that
+    could fail; if even that fails, the flow is killed (closed without an answer)."""
     try:
-        literal = parse_ip_literal(request.host)
-    except BadDestination:
-        return False
-    return literal is not None and literal == gate.source_address(sockname[0])
-
-
-def describe_target(request: http.Request, target: gate.Target) -> str:
-    if request.method.upper() == "CONNECT":
-        return format_hostport(target.literal or target.host, target.port)
-    return request.url
-
-
-def request_uris(request: http.Request) -> set[str]:
-    """The `uri` values a client may put in its digest for this request.
-
-    CONNECT: the authority (`host:port`). Otherwise the origin-form path (curl) or the
-    absolute URI (other clients), with and without an explicit default port.
-    """
-    if request.method.upper() == "CONNECT":
-        return {request.authority, f"{request.host}:{request.port}"} - {""}
-    host = request.host if ":" not in request.host else f"[{request.host}]"
-    path = request.path
-    uris = {path, f"{request.scheme}://{host}:{request.port}{path}"}
-    if request.port == 80:
-        uris.add(f"{request.scheme}://{host}{path}")
-    return uris
+        flow.response = http.Response.make(
+            500,
+            b"proxyd: internal error\n",
+            {"Content-Type": "text/plain; charset=utf-8", "Connection": "close"},
+        )
+        flow.request.stream = False
+        flow.metadata.pop(ADMITTED, None)
+    except Exception:
+        flow.kill()  # type: ignore[no-untyped-call]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+from dataclasses import dataclass
+from urllib.parse import SplitResult
 
 from .errors import BadDestination
 
@@ -56,10 +58,43 @@ def validate_hostname(host: str) -> str:
     return bare.lower()
 
 
-def parse_port(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise BadDestination(f"invalid port: {text!r}")
-    return int(text)
+# 65535 has five digits; a longer string can only be leading zeros or out of range, and
+# int() refuses over 4300 digits with ValueError, which would surface as a bug.
+MAX_PORT_DIGITS = 5
+
+
+def parse_port(text: str, *, allow_zero: bool = False) -> int:
+    """A TCP port written as ASCII digits, 1-65535: the one port parser, which every
+    `host:port`, URL and option in proxyd goes through.
+
+    `str.isdigit` alone takes "²" (which int() then refuses), and int() takes " 1", "+1",
+    "1_0" and other scripts' digits ("٢٢"): each would be a second grammar. `allow_zero`
+    is for a listener, where port 0 means "any free port"; a destination is never port 0.
+    """
+    low = 0 if allow_zero else 1
+    shown = repr(text[:16]) + ("..." if len(text) > 16 else "")
+    if not (0 < len(text) <= MAX_PORT_DIGITS and text.isascii() and text.isdigit()):
+        raise BadDestination(f"invalid port: {shown} (expected {low}-65535 in digits 0-9)")
+    port = int(text)
+    if not low <= port <= 65535:
+        raise BadDestination(f"invalid port: {shown} (expected {low}-65535)")
+    return port
+
+
+def url_port(parts: SplitResult, default: int, *, allow_zero: bool = False) -> int:
+    """The port of a split URL, read by `parse_port` rather than urllib's `.port`.
+
+    The host part is found as urllib finds `.hostname` (after the last "@", brackets for
+    IPv6), so the two agree on where the host ends; text around the brackets, which urllib
+    drops, is refused.
+    """
+    hostinfo = parts.netloc.rpartition("@")[2]
+    before, bracket, bracketed = hostinfo.partition("[")
+    after_host = bracketed.partition("]")[2] if bracket else hostinfo
+    if bracket and (before or after_host[:1] not in ("", ":")):
+        raise BadDestination(f"text around an [IPv6] address: {hostinfo[:64]!r}")
+    text = after_host.partition(":")[2]
+    return parse_port(text, allow_zero=allow_zero) if text else default
 
 
 def format_hostport(address: IPAddress | str, port: int) -> str:
@@ -67,3 +102,45 @@ def format_hostport(address: IPAddress | str, port: int) -> str:
     if isinstance(address, ipaddress.IPv6Address) or ":" in str(address):
         return f"[{address}]:{port}"
     return f"{address}:{port}"
+
+
+def split_hostport(text: str, default_port: int | None = None) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` (the port optional with `default_port`) -> (host, port),
+    brackets removed. BadDestination otherwise; the host is not validated here."""
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise BadDestination(f"invalid host:port: {text!r}")
+        port_text = rest[1:] if rest else None
+    else:
+        host, colon, port_text_or_empty = text.rpartition(":")
+        if not colon:
+            host, port_text = text, None
+        elif ":" in host:
+            raise BadDestination(f"IPv6 address without brackets: {text!r}")
+        else:
+            port_text = port_text_or_empty
+    if port_text is None:
+        if default_port is None:
+            raise BadDestination(f"no port in {text!r}")
+        return host, default_port
+    if not host:
+        raise BadDestination(f"no host in {text!r}")
+    return host, parse_port(port_text)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A destination host as written, parsed: an IP literal (normalised) or a name."""
+
+    host: str  # as the client wrote it
+    port: int
+    literal: IPAddress | None  # set when host is an IP literal
+    name: str | None = None  # set when host is a name to resolve
+
+
+def parse_target(host: str, port: int) -> Target:
+    literal = parse_ip_literal(host)
+    if literal is not None:
+        return Target(host, port, literal)
+    return Target(host, port, None, validate_hostname(host))

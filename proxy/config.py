@@ -17,10 +17,11 @@ from typing import Any, TypeVar
 import netaddr
 
 from . import yamlloc
+from .addresses import parse_port
 from .digest import ALGORITHMS
-from .errors import ConfigError
+from .errors import BadDestination, ConfigError
 from .policy import AddressSet, AuthMode, Policy, PortRange, Rule, TrustedSource
-from .throttle import BucketSpec
+from .throttle import BucketSpec, ThrottleLimits
 from .yamlloc import Located
 from .yamlloc import Path as KeyPath
 
@@ -70,14 +71,18 @@ class AccessLogConfig:
 
 
 # A user mistyping a password a few times is never slowed; a guesser is, within seconds.
-SOURCE_FAILURES = BucketSpec(burst=20, per_minute=10)
-USER_FAILURES = BucketSpec(burst=10, per_minute=5)
+# per_user counts guesses at a name from one address, so a stranger can't lock a user out
+# who logs in from elsewhere; per_user_total, over all addresses, is ten times higher.
+AUTH_FAILURES = ThrottleLimits(
+    per_source=BucketSpec(burst=20, per_minute=10),
+    per_user=BucketSpec(burst=10, per_minute=5),
+    per_user_total=BucketSpec(burst=100, per_minute=50),
+)
 
 
 @dataclass(frozen=True)
 class Limits:
-    failures_per_source: BucketSpec = SOURCE_FAILURES
-    failures_per_user: BucketSpec = USER_FAILURES
+    auth_failures: ThrottleLimits = AUTH_FAILURES
     max_header_bytes: int = 32 * 1024
     max_connections_per_source: int = 512
 
@@ -118,15 +123,19 @@ class Config:
     access_log: AccessLogConfig = AccessLogConfig(None, "squid")
 
 
-def parse_hostport(text: str) -> tuple[str, int]:
-    """`host:port` or `[v6]:port` -> (host, port). ValueError with a message otherwise."""
-    m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\[\]]*):(\d+)", text)
+def parse_hostport(text: str, *, allow_zero: bool) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` -> (host, port). ValueError with a message otherwise.
+    `allow_zero` for a listener (port 0: any free port)."""
+    m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:([^:]*)|([^:\[\]]*):([^:]*)", text)
     if not m:
         raise ValueError(f"expected host:port or [v6]:port, got {text!r}")
     host = m.group(1) if m.group(1) is not None else m.group(3)
-    port = int(m.group(2) or m.group(4))
-    if port > 65535:
-        raise ValueError(f"port out of range: {port}")
+    try:
+        port = parse_port(
+            m.group(2) if m.group(1) is not None else m.group(4), allow_zero=allow_zero
+        )
+    except BadDestination as e:
+        raise ValueError(str(e)) from None
     if m.group(1) is not None:
         ipaddress.IPv6Address(host)  # raises ValueError naming the address
     return host, port
@@ -193,8 +202,8 @@ def _integer(low: int, high: int) -> Callable[[Any], int]:
 
 
 def _public_address(value: Any) -> tuple[str, int]:
-    host, port = parse_hostport(_string(value))
-    if port == 0 or not host or host in ("0.0.0.0", "::"):  # noqa: S104 (refusing it)
+    host, port = parse_hostport(_string(value), allow_zero=False)
+    if not host or host in ("0.0.0.0", "::"):  # noqa: S104 (refusing it)
         raise ValueError("must be the host:port clients reach the proxy at")
     if not re.fullmatch(r"[A-Za-z0-9._:-]+", host):
         raise ValueError(f"invalid host {host!r}")  # it is written into JavaScript
@@ -284,8 +293,11 @@ def _choice(*choices: str) -> Callable[[Any], str]:
 def _port_range(value: Any) -> PortRange:
     if isinstance(value, int) and not isinstance(value, bool):
         low = high = value
-    elif isinstance(value, str) and re.fullmatch(r"\d{1,5}-\d{1,5}", value):
-        low, high = (int(p) for p in value.split("-"))
+    elif isinstance(value, str) and value.count("-") == 1:
+        try:
+            low, high = (parse_port(p) for p in value.split("-"))
+        except BadDestination as e:
+            raise ValueError(f"invalid port range {value!r}: {e}") from None
     else:
         raise ValueError(f"must be a port number or an 'a-b' range, not {value!r}")
     if not 1 <= low <= high <= 65535:
@@ -308,13 +320,21 @@ class _Builder:
         top = c.mapping(c.doc.value, (), TOP_LEVEL_KEYS)
         if not top and c.doc.value is None:
             c.error((), "the config file is empty")
-        listen = c.field(top, (), "listen", lambda v: parse_hostport(_string(v)), ("0.0.0.0", 3128))  # noqa: S104 (a proxy for partners listens publicly)
+        listen = c.field(
+            top,
+            (),
+            "listen",
+            lambda v: parse_hostport(_string(v), allow_zero=True),
+            ("0.0.0.0", 3128),  # noqa: S104 (a proxy for partners listens publicly)
+        )
         realm = c.field(top, (), "realm", _realm, "proxyd")
         auth = self.auth(top.get("auth"))
         dns = c.mapping(top.get("dns"), ("dns",), {"hosts_file", "timeout"})
         hosts_file = c.field(dns, ("dns",), "hosts_file", self.path)
         dns_timeout = c.field(dns, ("dns",), "timeout", _seconds, 5.0)
-        admin_listen = c.field(top, (), "admin_listen", lambda v: parse_hostport(_string(v)))
+        admin_listen = c.field(
+            top, (), "admin_listen", lambda v: parse_hostport(_string(v), allow_zero=True)
+        )
         access_log = self.access_log(top.get("access_log"))
         public_address = c.field(top, (), "public_address", _public_address)
         drain_timeout = c.field(top, (), "drain_timeout", _seconds, 30.0)
@@ -400,14 +420,13 @@ class _Builder:
             path,
             {"auth_failures", "max_header_bytes", "max_connections_per_source"},
         )
+        bucket_names = ("per_source", "per_user", "per_user_total")
         failures = c.mapping(
-            section.get("auth_failures"), (*path, "auth_failures"), {"per_source", "per_user"}
+            section.get("auth_failures"), (*path, "auth_failures"), set(bucket_names)
         )
         buckets = []
-        for key, fallback in (
-            ("per_source", default.failures_per_source),
-            ("per_user", default.failures_per_user),
-        ):
+        for key in bucket_names:
+            fallback: BucketSpec = getattr(default.auth_failures, key)
             where: KeyPath = (*path, "auth_failures", key)
             spec = c.mapping(failures.get(key), where, {"burst", "per_minute"})
             burst = c.field(spec, where, "burst", _integer(1, 100_000), fallback.burst)
@@ -424,8 +443,7 @@ class _Builder:
             default.max_connections_per_source,
         )
         return Limits(
-            buckets[0],
-            buckets[1],
+            ThrottleLimits(*buckets),
             header_bytes or default.max_header_bytes,
             connections or default.max_connections_per_source,
         )

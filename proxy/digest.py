@@ -50,30 +50,78 @@ class DigestCredentials:
     cnonce: str
 
 
-def split_scheme(header: str) -> tuple[str, str]:
+# Bytes a header value may hold once it is inside the auth-param grammar: HTAB, SP and
+# VCHAR. RFC 7616 carries non-ASCII user names only as `username*` (an RFC 8187 ext-value,
+# itself ASCII), so obs-text (0x80-0xFF) and controls are outside it and refused here,
+# before any byte becomes a string: later code (hashing, logs) never sees a surrogate.
+_HEADER_BYTES = frozenset(b"\t" + bytes(range(0x20, 0x7F)))
+
+
+def header_text(value: bytes | str) -> str:
+    """The value as ASCII text, or MalformedCredentials naming the first byte outside it."""
+    raw = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value
+    for offset, byte in enumerate(raw):
+        if byte not in _HEADER_BYTES:
+            raise MalformedCredentials(f"byte 0x{byte:02x} at offset {offset} is not allowed")
+    return raw.decode("ascii")
+
+
+def split_scheme(header: bytes | str) -> tuple[str, str]:
     """`Digest a=b` -> ("digest", "a=b"): the scheme lower-cased, the rest untouched."""
-    header = header.strip()
-    scheme, _, rest = header.partition(" ")
+    text = header_text(header).strip()
+    scheme, _, rest = text.partition(" ")
     if not scheme or any(c not in _TCHAR for c in scheme):
         raise MalformedCredentials("no authentication scheme")
     return scheme.lower(), rest.strip()
 
 
-def parse_credentials(header: str) -> DigestCredentials:
+# RFC 8187 ext-value: charset "'" [ language ] "'" value-chars. Only UTF-8 is taken.
+_ATTR_CHAR = frozenset("!#$&+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+
+
+def decode_ext_value(value: str) -> str:
+    """`UTF-8''%c3%a4lice` -> "älice". MalformedCredentials for anything else."""
+    charset, quote1, rest = value.partition("'")
+    _language, quote2, encoded = rest.partition("'")
+    if not (quote1 and quote2) or charset.lower() != "utf-8":
+        raise MalformedCredentials("username* must be an RFC 8187 ext-value in UTF-8")
+    out = bytearray()
+    i = 0
+    while i < len(encoded):
+        c = encoded[i]
+        pair = encoded[i + 1 : i + 3]
+        if c == "%" and len(pair) == 2 and set(pair) <= _HEX_DIGITS:
+            out.append(int(pair, 16))
+            i += 3
+        elif c in _ATTR_CHAR:
+            out.append(ord(c))
+            i += 1
+        else:
+            raise MalformedCredentials("username* holds a character outside RFC 8187")
+    try:
+        return out.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedCredentials("username* is not valid UTF-8") from None
+
+
+def parse_credentials(header: bytes | str) -> DigestCredentials:
     """Parse a Digest `Proxy-Authorization` value. Raises MalformedCredentials (400)."""
     scheme, rest = split_scheme(header)
     if scheme != "digest":
         raise MalformedCredentials(f"not a Digest header: {scheme}")
     params = parse_auth_params(rest)
-    missing = [p for p in REQUIRED_PARAMS if p not in params]
     if "username*" in params:
-        raise MalformedCredentials("username* (RFC 8187 encoding) is not supported")
+        if "username" in params:
+            raise MalformedCredentials("username and username* given together")
+        params["username"] = decode_ext_value(params.pop("username*"))
+    missing = [p for p in REQUIRED_PARAMS if p not in params]
     if missing:
         raise MalformedCredentials(f"missing parameter(s): {', '.join(missing)}")
     if params.get("userhash", "false").lower() != "false":
         raise MalformedCredentials("userhash is not supported")
     nc_text = params["nc"]
-    if len(nc_text) != 8 or any(c not in "0123456789abcdefABCDEF" for c in nc_text):
+    if len(nc_text) != 8 or any(c not in _HEX_DIGITS for c in nc_text):
         raise MalformedCredentials("nc must be 8 hex digits")
     return DigestCredentials(
         username=params["username"],
@@ -154,6 +202,7 @@ class ReplayWindow:
 
     def __init__(self, window: int = 1024, max_nonces: int = 200_000) -> None:
         self.window = window
+        self._mask = (1 << window) - 1
         self.max_nonces = max_nonces
         # nonce -> (expires_at, [highest_nc, bitmap]); insertion order ~ issue order.
         self._seen: OrderedDict[str, tuple[float, list[int]]] = OrderedDict()
@@ -180,8 +229,11 @@ class ReplayWindow:
         state = seen[1]
         highest, bitmap = state
         if nc > highest:
+            jump = nc - highest
             state[0] = nc
-            state[1] = ((bitmap << (nc - highest)) | 1) & ((1 << self.window) - 1)
+            # A jump past the window forgets every count below it: shifting by the jump
+            # itself would cost O(jump) (nc=ffffffff after nc=1: a 4 Gbit integer).
+            state[1] = 1 if jump >= self.window else ((bitmap << jump) | 1) & self._mask
             return True
         offset = highest - nc
         if offset >= self.window or bitmap >> offset & 1:

@@ -27,6 +27,7 @@ from .engine import Master, Proxyserver
 from .errors import ConfigError
 from .executors.files import atomic_write
 from .executors.logfile import LogFile
+from .guard import EngineGuard
 from .metrics import Metrics, register_process_metrics
 from .recorder import Recorder
 from .runtime import Runtime, build_runtime
@@ -195,7 +196,9 @@ def build_master(
     lifecycle = Lifecycle(config_path, addon, first_run_hint, access_log, role)
     lifecycle.count_user_reloads(runtime)
     server = Proxyserver()
-    master.addons.add(server, TunnelLayers(tunnels, server), addon, lifecycle)
+    # The guard comes after the addon: its hooks see what the gate decided, and check it.
+    guard = EngineGuard(metrics)
+    master.addons.add(server, TunnelLayers(tunnels, server, metrics), addon, guard, lifecycle)
     opts.update(
         mode=["regular"],
         listen_host=cfg.listen_host,

@@ -60,6 +60,13 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=r,
         )
+        self.internal_errors = Counter(
+            "proxyd_internal_errors",
+            "Requests and connections refused because something inside proxyd failed "
+            "(where: admission, the gate's boundary; guard, the engine's second check)",
+            ["where"],
+            registry=r,
+        )
         self.reloads = Counter(
             "proxyd_reloads", "Config and users reloads", ["what", "result"], registry=r
         )

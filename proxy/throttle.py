@@ -40,3 +40,59 @@ class FailureThrottle:
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+
+# Only these failures can be a password guess: the response was checked against a secret
+# (or would have been, for a name that does not exist), or a captured header was replayed.
+# Basic (never verified), a malformed header, a stale or forged nonce, a wrong realm or uri
+# reveal nothing, so they cost no tokens: a misconfigured client behind a shared NAT
+# address must not lock its colleagues out.
+GUESSES = frozenset({"bad_response", "unknown_user", "replay"})
+
+
+@dataclass(frozen=True)
+class ThrottleLimits:
+    per_source: BucketSpec  # every guess from one address, whatever the user name
+    per_user: BucketSpec  # guesses at one user name from one address
+    per_user_total: BucketSpec  # guesses at one user name from everywhere: a high ceiling
+
+
+class LoginThrottle:
+    """The three buckets a guess costs a token from.
+
+    A user's own bucket is per source address, so a stranger guessing at `alice` from
+    elsewhere exhausts only their own; the per-user total is a much higher ceiling
+    against a guesser spread over many addresses.
+    """
+
+    def __init__(self, limits: ThrottleLimits) -> None:
+        self.per_source = FailureThrottle(limits.per_source)
+        self.per_user = FailureThrottle(limits.per_user)
+        self.per_user_total = FailureThrottle(limits.per_user_total)
+
+    def update(self, limits: ThrottleLimits) -> None:
+        """A reload changes the limits; what was counted stays."""
+        self.per_source.spec = limits.per_source
+        self.per_user.spec = limits.per_user
+        self.per_user_total.spec = limits.per_user_total
+
+    def throttled(self, source: str, user: str | None, now: float) -> bool:
+        if self.per_source.throttled(source, now):
+            return True
+        if user is None:
+            return False
+        return self.per_user.throttled(_user_at(user, source), now) or (
+            self.per_user_total.throttled(user, now)
+        )
+
+    def failed(self, source: str, user: str | None, reason: str, now: float) -> None:
+        if reason not in GUESSES:
+            return
+        self.per_source.failed(source, now)
+        if user is not None:
+            self.per_user.failed(_user_at(user, source), now)
+            self.per_user_total.failed(user, now)
+
+
+def _user_at(user: str, source: str) -> str:
+    return f"{user}\0{source}"  # NUL: never part of a user name or an address

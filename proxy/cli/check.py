@@ -11,11 +11,10 @@ import sys
 import time
 
 from .. import config
-from ..addresses import IPAddress, canonical_ip, format_hostport, parse_port
+from ..addresses import IPAddress, canonical_ip, format_hostport, parse_port, parse_target
 from ..errors import BadDestination, ConfigError
 from ..executors.resolver import ResolveError, Resolver, load_hosts
 from ..executors.userfile import read_users
-from ..gate import parse_target
 from ..pac import generate as generate_pac
 
 

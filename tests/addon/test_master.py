@@ -36,7 +36,7 @@ def test_only_proxyd_addons_are_loaded(runtime) -> None:
         return [type(a).__name__ for a in master.addons.chain]
 
     loaded = asyncio.run(names())
-    assert loaded == ["Proxyserver", "TunnelLayers", "ProxydAddon", "Lifecycle"]
+    assert loaded == ["Proxyserver", "TunnelLayers", "ProxydAddon", "EngineGuard", "Lifecycle"]
     # No `block` addon: partners come from public addresses, block_global would drop them.
     # No TLS addon: CONNECT is never intercepted.
 

@@ -82,7 +82,7 @@ def proxyd_factory(
 
     proxyd_factory(algorithms=("MD5", "SHA-256"), users={"alice": "wonderland"},
                    extra_rules=None, nonce_lifetime=300, serve_args=(),
-                   **config_overrides) -> ProxydHandle
+                   launcher=None, **config_overrides) -> ProxydHandle
     """
     if not proxyd_bin().exists():
         pytest.fail(f"{proxyd_bin()} missing: run `make .venv/bin/proxyd`", pytrace=False)
@@ -95,6 +95,7 @@ def proxyd_factory(
         extra_rules: Sequence[Mapping[str, Any]] | None = None,
         nonce_lifetime: int = 300,
         serve_args: Sequence[str] = (),
+        launcher: Sequence[str] | None = None,
         **config_overrides: Any,
     ) -> ProxydHandle:
         directory = tmp_path / f"proxyd{len(handles)}"
@@ -112,7 +113,7 @@ def proxyd_factory(
         )
         for name, password in (DEFAULT_USERS if users is None else users).items():
             add_user(config_path, name, password, env)
-        handle = ProxydHandle(config_path, env, serve_args)
+        handle = ProxydHandle(config_path, env, serve_args, launcher)
         handles.append(handle)
         return handle
 

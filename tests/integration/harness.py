@@ -470,7 +470,14 @@ _LISTENING_RE = re.compile(r"proxyd: listening on (\S+):(\d+)\s*$")
 class ProxydHandle:
     """A running `proxyd serve`; its stdout and stderr are collected by a reader thread."""
 
-    def __init__(self, config_path: Path, env: Mapping[str, str], args: Sequence[str] = ()):
+    def __init__(
+        self,
+        config_path: Path,
+        env: Mapping[str, str],
+        args: Sequence[str] = (),
+        launcher: Sequence[str] | None = None,
+    ):
+        """`launcher`: the command that stands for `proxyd` (default: the venv's)."""
         self.config_path = config_path
         self.host = ""
         self.port = 0
@@ -480,7 +487,7 @@ class ProxydHandle:
         self._cond = threading.Condition()
         self._eof = False
         self.proc = subprocess.Popen(
-            [str(proxyd_bin()), "serve", "--config", str(config_path), *args],
+            [*(launcher or [str(proxyd_bin())]), "serve", "--config", str(config_path), *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -586,6 +593,7 @@ def write_proxyd_config(
         f"{DENIED_HOST}\tevil.test\n"
         f"{ORIGIN_HOST}\tmixed.test\n"
         f"{DENIED_HOST}\tmixed.test\n"
+        f"{PROXY_HOST}\tproxy.test\n"
     )
     config: dict[str, Any] = {
         "listen": f"{PROXY_HOST}:0",

@@ -52,12 +52,36 @@ def test_failed_logins_per_user_are_throttled_across_sources(
 ) -> None:
     proxyd = proxyd_factory(
         users={"alice": "wonderland", "bob": "bob-password"},
-        **slow_buckets(auth_failures={"per_user": {"burst": 2, "per_minute": 1}}),
+        **slow_buckets(auth_failures={"per_user_total": {"burst": 2, "per_minute": 1}}),
     )
     for source in ("127.0.0.41", "127.0.0.42"):
         assert login(proxyd, origins, "guess", source=source) == 407
     assert login(proxyd, origins, PASSWORD, source="127.0.0.43") == 429
     assert login(proxyd, origins, "bob-password", user="bob", source="127.0.0.43") == 200
+
+
+def test_a_stranger_cannot_lock_a_user_out_from_elsewhere(proxyd_factory, origins: Origins) -> None:
+    proxyd = proxyd_factory(
+        **slow_buckets(auth_failures={"per_user": {"burst": 2, "per_minute": 1}})
+    )
+    assert [login(proxyd, origins, "guess", source="127.0.0.44") for _ in range(3)] == [
+        407,
+        407,
+        429,
+    ]
+    assert login(proxyd, origins, PASSWORD, source="127.0.0.45") == 200
+
+
+def test_basic_attempts_are_not_failed_logins(proxyd_factory, origins: Origins) -> None:
+    """A misconfigured pip sending Basic must not lock its NAT address out."""
+    proxyd = proxyd_factory(
+        **slow_buckets(auth_failures={"per_source": {"burst": 2, "per_minute": 1}})
+    )
+    basic = {"Proxy-Authorization": "Basic YWxpY2U6d29uZGVybGFuZA=="}
+    for _ in range(20):
+        with RawConnection(proxyd.address) as conn:
+            assert conn.request("GET", target(origins), basic).status == 407
+    assert login(proxyd, origins, PASSWORD) == 200
 
 
 def test_stale_nonces_and_challenges_are_not_failures(proxyd_factory, origins: Origins) -> None:

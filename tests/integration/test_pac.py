@@ -254,6 +254,21 @@ def test_other_paths_for_the_proxy_itself_are_404_and_never_forwarded(
     assert all("/404 " in line for line in lines), lines
 
 
+def test_pac_fetched_by_a_name_for_the_proxy_is_served_not_forwarded(proxyd_factory: Any) -> None:
+    """No public_address: the PAC is served at whatever address the client used, a name
+    too (`proxy.test` resolves to the proxy's address in the test hosts file)."""
+    proxy = proxyd_factory()
+    name = f"proxy.test:{proxy.port}"
+    for response in (
+        fetch(proxy, host=name),
+        raw_proxy_request(proxy, "GET", f"http://{name}/proxy.pac"),
+    ):
+        assert response.status == 200, response
+        assert response.header("Proxy-Authenticate") is None
+        assert f'"PROXY {name}"' in response.text
+    assert len(access_lines(proxy, f"{name}/proxy.pac ")) == 2
+
+
 def test_non_get_pac_requests_are_not_served_nor_forwarded(proxyd_factory: Any) -> None:
     proxy = proxyd_factory()
     response = fetch(proxy, method="POST")
