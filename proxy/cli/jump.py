@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import config
+from ..addresses import parse_target
 from ..errors import BadDestination, ProxydError
 from ..executors.accounts import AccountExecutor, StateStore, is_managed, is_unmanaged
 from ..executors.relay import relay_stdio
 from ..executors.resolver import ResolveError, Resolver, load_hosts
-from ..gate import parse_target
 from ..jump import (
     PROFILES,
     Account,
