@@ -24,10 +24,20 @@ from mitmproxy.proxy.server import ConnectionHandler
 
 from . import splice
 from .accesslog import AccessRecord
-from .admission import PAC_PATHS, Admission, Admit, Ask, Outcome, Refuse, Resolve, ServeLocal
+from .admission import (
+    PAC_PATHS,
+    Admission,
+    Admit,
+    Ask,
+    Outcome,
+    Refuse,
+    Resolve,
+    ServeLocal,
+    printable,
+)
 from .engine import Proxyserver
 from .executors.resolver import ResolveError
-from .guard import ADMITTED, Admitted
+from .guard import ADMITTED, Admitted, internal_error_response
 from .metrics import Metrics
 from .recorder import Recorder
 from .runtime import Runtime
@@ -246,13 +256,27 @@ class ProxydAddon:
                     outcome = self.admission.resolved(runtime, outcome, addresses, started)
             self._apply(flow, ask, outcome, runtime, started)
         except Exception:
-            log.exception(
-                "internal error while admitting %s from %s: refused",
-                "a CONNECT" if request.data.method == b"CONNECT" else "a request",
-                flow.client_conn.peername[0],
-            )
+            refuse_internal_error(flow)  # first: whatever fails below, the flow is refused
+            peer = flow.client_conn.peername[0]
+            method = printable(request.data.method.decode("latin-1"))
+            log.exception("internal error while admitting %s from %s: refused", method, peer)
             self.recorder.metrics.internal_errors.labels("admission").inc()
-            refuse_internal_error(flow)
+            self.recorder.record(
+                AccessRecord(
+                    time=time.time(),
+                    duration_ms=0,
+                    client=peer,
+                    user=None,
+                    method=method,
+                    target=printable(request.data.authority.decode("latin-1") or request.host),
+                    status=500,
+                    bytes_up=0,
+                    bytes_down=0,
+                    rule=None,
+                    auth="none",
+                ),
+                decision="internal_error",
+            )
 
     def _ask(self, flow: http.HTTPFlow, credentials: tuple[bytes, ...]) -> Ask:
         request, client = flow.request, flow.client_conn
@@ -450,11 +474,7 @@ def refuse_internal_error(flow: http.HTTPFlow) -> None:
     """The boundary's error path: a 500 that closes the connection, with nothing in it that
     could fail; if even that fails, the flow is killed (closed without an answer)."""
     try:
-        flow.response = http.Response.make(
-            500,
-            b"proxyd: internal error\n",
-            {"Content-Type": "text/plain; charset=utf-8", "Connection": "close"},
-        )
+        flow.response = internal_error_response()
         flow.request.stream = False
         flow.metadata.pop(ADMITTED, None)
     except Exception:

@@ -141,7 +141,6 @@ class Resolve:
 
 
 Outcome = Refuse | ServeLocal | Admit | Resolve
-INTERNAL_ERROR = Refuse(500, "internal error", "internal_error")
 
 
 # --- the decision ---------------------------------------------------------------------

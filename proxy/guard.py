@@ -34,6 +34,15 @@ class Admitted:
     port: int
 
 
+def internal_error_response() -> http.Response:
+    """The answer of both locks' error paths: a 500 that closes the connection."""
+    return http.Response.make(
+        500,
+        b"proxyd: internal error\n",
+        {"Content-Type": "text/plain; charset=utf-8", "Connection": "close"},
+    )
+
+
 class EngineGuard:
     name = "proxyd-guard"
 
@@ -81,9 +90,5 @@ class EngineGuard:
     def _refuse(self, flow: http.HTTPFlow, what: str) -> None:
         self.metrics.internal_errors.labels("guard").inc()
         log.error("refused %s from %s", what, flow.client_conn.peername[0])
-        flow.response = http.Response.make(
-            500,
-            b"proxyd: internal error\n",
-            {"Content-Type": "text/plain; charset=utf-8", "Connection": "close"},
-        )
+        flow.response = internal_error_response()
         flow.request.stream = False

@@ -108,6 +108,7 @@ def test_a_fault_inside_admission_is_a_500_logged_once_and_counted(
     nothing_reached(origins)
     log = proxyd.log()
     assert log.count("internal error while admitting") == 6
+    assert len(re.findall(r" TCP_[A-Z]+/500 0 (GET|CONNECT) ", log)) == 6  # access-log lines
     assert log.count("RuntimeError: injected fault") == 6
     _, text = admin_get(proxyd, "/metrics")
     assert value(samples(text), "proxyd_internal_errors_total", where="admission") == 6
