@@ -57,12 +57,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def listen_address(text: str, allow_remote: bool) -> tuple[str, int]:
-    # Port 0 (any free port) is fine to listen on, though not in a proxy URL.
-    head, sep, port_text = text.rpartition(":")
-    any_port = bool(sep) and port_text.isdigit() and int(port_text) == 0
     try:
+        # Port 0 (any free port) is fine to listen on, though not in a proxy URL.
         endpoint: ProxyEndpoint = parse_proxy_url(
-            f"{head}:1" if any_port else text, from_command_line=True
+            text, from_command_line=True, allow_zero_port=True
         )
     except ProxydError as e:
         raise ProxydError(f"bad --listen {text!r}: {e}") from None
@@ -82,7 +80,7 @@ def listen_address(text: str, allow_remote: bool) -> tuple[str, int]:
             "the upstream proxy as you",
             file=sys.stderr,
         )
-    return host, 0 if any_port else endpoint.port
+    return host, endpoint.port
 
 
 def run(args: argparse.Namespace) -> int:

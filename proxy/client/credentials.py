@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
 
-from ..errors import ProxydError
+from ..addresses import url_port
+from ..errors import BadDestination, ProxydError
 
 PASSWORD_ENV = "PROXYD_PASSWORD"  # noqa: S105 - a variable name
 PROXY_ENVS = ("PROXYD_PROXY", "https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY")
@@ -41,20 +42,21 @@ class Credentials(NamedTuple):
     password: str
 
 
-def parse_proxy_url(url: str, *, from_command_line: bool) -> ProxyEndpoint:
-    """`http://[user@]host[:port]`; a password in it is refused on the command line."""
+def parse_proxy_url(
+    url: str, *, from_command_line: bool, allow_zero_port: bool = False
+) -> ProxyEndpoint:
+    """`http://[user@]host[:port]`; a password in it is refused on the command line.
+    `allow_zero_port` is for `relay --listen`, where port 0 means any free port."""
     text = url if "://" in url else f"http://{url}"
     try:
         parts = urlsplit(text)
-        port = parts.port
-    except ValueError as e:
+        port = url_port(parts, DEFAULT_PROXY_PORT, allow_zero=allow_zero_port)
+    except (ValueError, BadDestination) as e:
         raise CredentialsError(f"bad proxy URL {url!r}: {e}") from None
     if parts.scheme != "http":
         raise CredentialsError(
             f"bad proxy URL {url!r}: only http:// proxies (the tunnel itself carries TLS)"
         )
-    if port == 0:
-        raise CredentialsError(f"bad proxy URL {url!r}: port 0")
     if not parts.hostname:
         raise CredentialsError(f"bad proxy URL {url!r}: no host")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
@@ -66,7 +68,7 @@ def parse_proxy_url(url: str, *, from_command_line: bool) -> ProxyEndpoint:
         )
     return ProxyEndpoint(
         host=parts.hostname,
-        port=port or DEFAULT_PROXY_PORT,
+        port=port,
         user=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password is not None else None,
     )

@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 
 import h11
 
-from ..errors import ProxydError
+from ..addresses import parse_port, url_port
+from ..errors import BadDestination, ProxydError
 from .h11io import HttpConnection, end_to_end, splice_streams
 from .tunnel import BadTarget, authority
 from .upstream import UpstreamError, UpstreamProxy
@@ -50,8 +51,8 @@ def parse_absolute(target: str) -> Destination:
     """`http://host[:port]/path` of a plain proxy request."""
     try:
         parts = urlsplit(target)
-        port = 80 if parts.port is None else parts.port
-    except ValueError:
+        port = url_port(parts, 80)
+    except (ValueError, BadDestination):
         raise ClientError(400, f"bad request target {target[:200]!r}") from None
     if parts.scheme != "http" or not parts.hostname:
         raise ClientError(400, "a proxy request needs an absolute http:// URL (or CONNECT)")
@@ -68,15 +69,16 @@ def parse_absolute(target: str) -> Destination:
 
 def parse_authority(target: str) -> Destination:
     """`host:port` of a CONNECT."""
-    host, sep, port = target.rpartition(":")
+    host, sep, port_text = target.rpartition(":")
     if not sep:
         raise ClientError(400, "CONNECT needs host:port")
     try:
+        port = parse_port(port_text)
         hostport = authority(host, port)
-    except BadTarget as e:
+    except (BadDestination, BadTarget) as e:
         raise ClientError(400, str(e)) from None
     bare = host.strip("[]")
-    return Destination(bare, int(port), hostport, "")
+    return Destination(bare, port, hostport, "")
 
 
 class Relay:

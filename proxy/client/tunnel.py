@@ -11,8 +11,9 @@ import re
 import socket
 
 from .. import __version__
+from ..addresses import parse_port
 from ..digest_client import ChallengeError, CredentialsRejected, DigestClient
-from ..errors import ProxydError
+from ..errors import BadDestination, ProxydError
 from .credentials import ProxyEndpoint
 from .httphead import BadResponse, ResponseHead, parse_head, split_head, summary
 
@@ -61,19 +62,18 @@ class BadTarget(TunnelError):
 
 def authority(host: str, port: str | int) -> str:
     """`host:port` for the CONNECT line, refusing anything that could inject a header."""
-    text = str(port)
-    # ASCII digits only: str.isdigit also takes superscripts (int() refuses them) and other
-    # scripts' digits (int() reads them), and int() refuses over 4300 digits
-    if not (text.isascii() and text.isdigit()) or len(text) > 5 or not 0 < int(text) < 65536:
-        raise BadTarget(f"bad port {text!r}")
+    try:
+        number = parse_port(str(port))  # an int too: str(-22) is refused like "-22"
+    except BadDestination as e:
+        raise BadTarget(str(e)) from None
     bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if ":" in bare:
         if not _IPV6.fullmatch(bare):
             raise BadTarget(f"bad host {host!r}")
-        return f"[{bare}]:{int(text)}"
+        return f"[{bare}]:{number}"
     if not _HOSTNAME.fullmatch(bare):
         raise BadTarget(f"bad host {host!r}")
-    return f"{bare}:{int(text)}"
+    return f"{bare}:{number}"
 
 
 def _request(target: str, credentials: str | None) -> bytes:

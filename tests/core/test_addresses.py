@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+from urllib.parse import urlsplit
 
 import pytest
 
-from proxy.addresses import parse_ip_literal, validate_hostname
+from proxy.addresses import parse_ip_literal, parse_port, url_port, validate_hostname
 from proxy.errors import BadDestination
 
 LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
@@ -125,3 +126,87 @@ def test_longest_name_with_trailing_dot() -> None:
 def test_invalid_hostnames(host: str) -> None:
     with pytest.raises(BadDestination, match="invalid host name"):
         validate_hostname(host)
+
+
+# --- ports: the one parser every host:port, URL and option goes through ---------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1", 1), ("80", 80), ("65535", 65535), ("00080", 80), ("08080", 8080)],
+)
+def test_ports(text: str, expected: int) -> None:
+    assert parse_port(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("\u00b2", id="superscript-two"),  # str.isdigit says yes, int() says no
+        pytest.param("\u00b2\u00b2", id="superscripts"),
+        pytest.param("\uff18\uff10", id="full-width-80"),  # int() reads these as 80
+        pytest.param("\u0668\u0660", id="arabic-indic-80"),
+        pytest.param("+1", id="plus"),
+        pytest.param("-1", id="minus"),
+        pytest.param(" 1", id="leading-space"),
+        pytest.param("1 ", id="trailing-space"),
+        pytest.param("1\n", id="trailing-newline"),
+        pytest.param("1_0", id="underscore"),
+        pytest.param("0x50", id="hex"),
+        pytest.param("", id="empty"),
+        pytest.param("0", id="zero"),
+        pytest.param("00000", id="zeros"),
+        pytest.param("65536", id="65536"),
+        pytest.param("99999", id="99999"),
+        pytest.param("000080", id="six-digits"),
+        pytest.param("9" * 5000, id="over-int-digit-limit"),
+        pytest.param("https", id="name"),
+    ],
+)
+def test_bad_ports_are_refused(text: str) -> None:
+    with pytest.raises(BadDestination, match=r"^invalid port: ") as info:
+        parse_port(text)
+    assert len(str(info.value)) < 80  # a 5000-digit string is not echoed whole
+
+
+def test_port_zero_only_where_a_listener_allows_it() -> None:
+    assert parse_port("0", allow_zero=True) == 0
+    assert parse_port("00", allow_zero=True) == 0
+    with pytest.raises(BadDestination, match=r"expected 0-65535"):
+        parse_port("65536", allow_zero=True)
+    with pytest.raises(BadDestination, match=r"expected 0-65535"):
+        parse_port("\u00b2", allow_zero=True)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://h/", 3128),
+        ("http://h:/", 3128),  # RFC 3986: an empty port is the default
+        ("http://h:8080/", 8080),
+        ("http://user:pw@h:8080/", 8080),
+        ("http://user:1@h/", 3128),  # the password is not the port
+        ("http://[::1]/", 3128),
+        ("http://[::1]:22/", 22),
+    ],
+)
+def test_url_ports(url: str, expected: int) -> None:
+    assert url_port(urlsplit(url), 3128) == expected
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://h:\u00b2/",
+        "http://h:\uff18\uff10/",
+        "http://h:+80/",
+        "http://h:0/",
+        "http://h:65536/",
+        "http://h:1:2/",
+        "http://[::1]x:80/",  # urllib drops the "x"
+        "http://h[::1]:80/",  # and the "h"
+    ],
+)
+def test_bad_url_ports_are_refused(url: str) -> None:
+    with pytest.raises(BadDestination):
+        url_port(urlsplit(url), 3128)

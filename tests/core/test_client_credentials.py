@@ -47,7 +47,7 @@ def test_ipv6_hostport_has_brackets() -> None:
         ("socks5://proxy:1080", "only http://"),
         ("http://:3128", "no host"),
         ("http://proxy:99999", "bad proxy URL"),
-        ("http://proxy:0", "port 0"),
+        ("http://proxy:0", r"invalid port: '0' \(expected 1-65535\)"),
         ("http://proxy:3128/path", "no path"),
         ("http://proxy:3128?q", "no path"),
     ],

@@ -336,7 +336,7 @@ def test_shipped_config_parses() -> None:
         pytest.param(
             variant({1: "listen: host:99999"}),
             "t.yaml:1: listen",
-            "port out of range",
+            "invalid port: '99999' (expected 0-65535)",
             id="listen-port-high",
         ),
         pytest.param(
@@ -453,6 +453,8 @@ def test_error_is_located(text: str, where: str, message: str) -> None:
         ("0.0.0.0:3128", ("0.0.0.0", 3128)),
         ("proxy.example:8080", ("proxy.example", 8080)),
         ("'[2001:db8::1]:65535'", ("2001:db8::1", 65535)),
+        ("127.0.0.1:0", ("127.0.0.1", 0)),  # any free port
+        ("127.0.0.1:03128", ("127.0.0.1", 3128)),
     ],
 )
 def test_listen_forms(listen: str, expected: tuple[str, int]) -> None:
@@ -476,6 +478,62 @@ def test_listen_forms(listen: str, expected: tuple[str, int]) -> None:
             "t.yaml:9: zones",
             "zone names",
             id="zone-name-trailing-newline",
+        ),
+        pytest.param(
+            1,
+            "listen: 127.0.0.1:\u00b2",
+            "t.yaml:1: listen",
+            "invalid port: '\u00b2' (expected 0-65535 in digits 0-9)",
+            id="listen-superscript-port",
+        ),
+        pytest.param(
+            1,
+            "listen: 127.0.0.1:\uff13\uff11\uff12\uff18",
+            "t.yaml:1: listen",
+            "invalid port",
+            id="listen-full-width-port",
+        ),
+        pytest.param(
+            1,
+            "listen: 127.0.0.1:+3128",
+            "t.yaml:1: listen",
+            "invalid port",
+            id="listen-plus-port",
+        ),
+        pytest.param(
+            1,
+            "listen: 127.0.0.1:" + "3" * 5000,
+            "t.yaml:1: listen",
+            "invalid port",
+            id="listen-long-port",
+        ),
+        pytest.param(
+            1,
+            "admin_listen: 127.0.0.1:65536",
+            "t.yaml:1: admin_listen",
+            "invalid port: '65536' (expected 0-65535)",
+            id="admin-listen-65536",
+        ),
+        pytest.param(
+            1,
+            "public_address: proxy.example:0",
+            "t.yaml:1: public_address",
+            "invalid port: '0' (expected 1-65535)",
+            id="public-address-port-0",
+        ),
+        pytest.param(
+            15,
+            '    ports: ["\u0662\u0662-\u0662\u0665"]',  # Arabic-Indic 22-25: int() reads them
+            "t.yaml:15: rules[0].ports[0]",
+            "invalid port range",
+            id="range-of-other-digits",
+        ),
+        pytest.param(
+            15,
+            '    ports: ["+22-25"]',
+            "t.yaml:15: rules[0].ports[0]",
+            "invalid port range '+22-25': invalid port: '+22'",
+            id="range-with-plus",
         ),
     ],
 )

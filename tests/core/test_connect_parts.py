@@ -267,7 +267,7 @@ def test_bad_hosts_are_refused(host: str) -> None:
     ],
 )
 def test_bad_ports_are_refused(port: str) -> None:
-    with pytest.raises(BadTarget, match="bad port") as caught:
+    with pytest.raises(BadTarget, match="invalid port") as caught:
         authority("example.com", port)
     assert caught.value.exit == ConnectExit.LOCAL
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from proxy.cli.relay import listen_address
 from proxy.client.h11io import end_to_end
 from proxy.client.relay import ClientError, parse_absolute, parse_authority
+from proxy.errors import ProxydError
 
 
 def test_absolute_form_targets() -> None:
@@ -22,7 +24,17 @@ def test_absolute_form_targets() -> None:
 
 @pytest.mark.parametrize(
     "target",
-    ["/", "https://example.net/", "http:///x", "http://exa mple/", "http://h:0/", "http://h:x/"],
+    [
+        *(
+            "/",
+            "https://example.net/",
+            "http:///x",
+            "http://exa mple/",
+            "http://h:0/",
+            "http://h:x/",
+        ),
+        *("http://h:\u00b2/", "http://h:\uff18\uff10/", "http://h:+80/", "http://[::1]x:80/"),
+    ],
 )
 def test_bad_absolute_targets_are_400(target: str) -> None:
     with pytest.raises(ClientError) as info:
@@ -36,7 +48,13 @@ def test_connect_authorities() -> None:
     assert (d.host, d.port, d.authority) == ("::1", 22, "[::1]:22")
 
 
-@pytest.mark.parametrize("target", ["example.net", "h:", ":443", "h:70000", "a b:1", "h\r\n:1"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        *("example.net", "h:", ":443", "h:70000", "a b:1", "h\r\n:1"),
+        *("h:\u00b2", "h:\uff18\uff10", "h:+443", "h: 443", "h:0", "h:" + "4" * 5000),
+    ],
+)
 def test_bad_connect_authorities_are_400(target: str) -> None:
     with pytest.raises(ClientError) as info:
         parse_authority(target)
@@ -57,3 +75,24 @@ def test_hop_by_hop_and_connection_named_headers_are_dropped() -> None:
     ]
     kept = end_to_end(headers, drop=frozenset({b"content-length"}))
     assert kept == [(b"Host", b"h"), (b"Accept", b"*/*")]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:3129", ("127.0.0.1", 3129)),
+        ("127.0.0.1:0", ("127.0.0.1", 0)),  # any free port: fine for a listener
+        ("localhost:00", ("localhost", 0)),
+        ("[::1]:0", ("::1", 0)),
+    ],
+)
+def test_relay_listen_addresses(text: str, expected: tuple[str, int]) -> None:
+    assert listen_address(text, allow_remote=False) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["127.0.0.1:\u00b2", "127.0.0.1:\uff10", "127.0.0.1:+1", "127.0.0.1:65536"]
+)
+def test_bad_relay_listen_ports_are_refused(text: str) -> None:
+    with pytest.raises(ProxydError, match=r"bad --listen.*invalid port"):
+        listen_address(text, allow_remote=False)
