@@ -32,6 +32,11 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _REALM_RE = re.compile(r"^[A-Za-z0-9 ._@-]{1,64}$")
 RESERVED_SELECTORS = frozenset({"any"})
 BROADEST_TRUSTED = {4: 28, 6: 56}  # "we will not whitelist large network segments"
+# A rule's `to` may cover at most as many addresses as one IPv4 /8 and one IPv6 /16 unless
+# it says `allow_broad: true`: `0.0.0.0/0`, `::/0`, a zone holding them, or enough smaller
+# networks to add up to more are as good as `to: any`, an open proxy. Counted over the
+# union, so two /1s are as broad as the /0 they make.
+BROADEST_DESTINATION = {4: 8, 6: 16}
 TOP_LEVEL_KEYS = frozenset(
     {
         "listen",
@@ -272,6 +277,20 @@ def _network(text: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         return ipaddress.ip_network(text, strict=True)
     except ValueError as e:
         raise ValueError(f"invalid CIDR {text!r}: {e}") from e
+
+
+def _too_broad(networks: netaddr.IPSet) -> str | None:
+    """Why `networks` is too broad for a rule's `to` (see BROADEST_DESTINATION), or None."""
+    sizes = {4: 0, 6: 0}
+    for cidr in networks.iter_cidrs():
+        sizes[cidr.version] += cidr.size
+    for version, prefix in BROADEST_DESTINATION.items():
+        if sizes[version] > 2 ** ((32 if version == 4 else 128) - prefix):
+            return (
+                f"covers more addresses than one IPv{version} /{prefix}: as broad as 'any', "
+                "an open proxy (set allow_broad: true on the rule to mean it)"
+            )
+    return None
 
 
 def _auth_mode(value: Any) -> AuthMode:
@@ -544,7 +563,10 @@ class _Builder:
         zones: dict[str, netaddr.IPSet],
         allow_any: bool,
         trusted: dict[str, TrustedSource] | None = None,
+        refuse_broad: bool = False,
     ) -> AddressSet:
+        """`refuse_broad`: a destination set over BROADEST_DESTINATION is an error, at the
+        item that is too broad by itself, else at the list whose union is."""
         c = self.c
         items = c.items(value, path)
         if not items and isinstance(value, list):
@@ -552,6 +574,7 @@ class _Builder:
         networks = netaddr.IPSet()
         labels: list[str] = []
         timed: list[TrustedSource] = []
+        item_too_broad = False
         for i, item in enumerate(items):
             if item == "any":
                 if not allow_any:
@@ -561,21 +584,29 @@ class _Builder:
             if trusted is not None and isinstance(item, str) and item in trusted:
                 timed.append(trusted[item])
                 labels.append(item)
-            elif isinstance(item, str) and item in zones:
-                networks |= zones[item]
-                labels.append(item)
+                continue
+            if isinstance(item, str) and item in zones:
+                member, shown = zones[item], f"zone {item!r}"
             elif isinstance(item, str) and re.fullmatch(
                 r"[0-9a-fA-F:.]*[:./][0-9a-fA-F:./]*", item
             ):
                 # Only something with '.', ':' or '/' is read as an address: `cafe` is a
                 # mistyped zone name, not a malformed network.
                 try:
-                    networks.add(str(_network(item)))
-                    labels.append(item)
+                    member, shown = netaddr.IPSet([str(_network(item))]), item
                 except ValueError as e:
                     c.error((*path, i), str(e))
+                    continue
             else:
                 c.error((*path, i), f"unknown zone {item!r}")
+                continue
+            if refuse_broad and (excess := _too_broad(member)):
+                c.error((*path, i), f"{shown} {excess}")
+                item_too_broad = True
+            networks |= member
+            labels.append(item)
+        if refuse_broad and not item_too_broad and (excess := _too_broad(networks)):
+            c.error(path, f"the union of these {excess}")
         return AddressSet(tuple(labels), networks, tuple(timed))
 
     def rules(
@@ -584,7 +615,7 @@ class _Builder:
         c, rules, names = self.c, [], set()
         for i, item in enumerate(c.items(value, ("rules",))):
             path: KeyPath = ("rules", i)
-            r = c.mapping(item, path, {"name", "from", "to", "ports", "auth"})
+            r = c.mapping(item, path, {"name", "from", "to", "ports", "auth", "allow_broad"})
             if not r:
                 if isinstance(item, dict):
                     c.error(path, "empty rule")
@@ -601,7 +632,10 @@ class _Builder:
             sources = self.address_set(
                 r.get("from"), (*path, "from"), zones, allow_any=True, trusted=trusted
             )
-            destinations = self.address_set(r.get("to"), (*path, "to"), zones, allow_any=False)
+            broad = c.field(r, path, "allow_broad", _boolean, False)
+            destinations = self.address_set(
+                r.get("to"), (*path, "to"), zones, allow_any=False, refuse_broad=not broad
+            )
             ports: list[PortRange] = []
             port_items = c.items(r.get("ports"), (*path, "ports"))
             if "ports" in r and not port_items:

@@ -679,3 +679,104 @@ def test_load_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         config.load(path)
     assert info.value.problems == [f"{path}:19: rules[1].to[0]: unknown zone 'prepord'"]
+
+
+# --- broad destinations: as good as `to: any` unless the rule says allow_broad ---------------
+
+BROAD = (
+    "covers more addresses than one IPv{v} /{p}: as broad as 'any', an open proxy "
+    "(set allow_broad: true on the rule to mean it)"
+)
+V4_BROAD = BROAD.format(v=4, p=config.BROADEST_DESTINATION[4])
+V6_BROAD = BROAD.format(v=6, p=config.BROADEST_DESTINATION[6])
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        pytest.param(
+            {14: "    to: [0.0.0.0/0]"},
+            [f"t.yaml:14: rules[0].to[0]: 0.0.0.0/0 {V4_BROAD}"],
+            id="v4-all",
+        ),
+        pytest.param(
+            {14: '    to: ["::/0"]'}, [f"t.yaml:14: rules[0].to[0]: ::/0 {V6_BROAD}"], id="v6-all"
+        ),
+        pytest.param(
+            {14: "    to: [10.0.0.0/7]"},
+            [f"t.yaml:14: rules[0].to[0]: 10.0.0.0/7 {V4_BROAD}"],
+            id="v4-shorter-than-8",
+        ),
+        pytest.param(
+            {14: '    to: ["2000::/15"]'},
+            [f"t.yaml:14: rules[0].to[0]: 2000::/15 {V6_BROAD}"],
+            id="v6-shorter-than-16",
+        ),
+        pytest.param(  # prod is also rule 0's `from`: a broad source is no open proxy
+            {9: "  prod: [0.0.0.0/0]"},
+            [f"t.yaml:19: rules[1].to[0]: zone 'prod' {V4_BROAD}"],
+            id="zone-holding-all",
+        ),
+        pytest.param(
+            {19: "    to: [prod, 0.0.0.0/1, 128.0.0.0/1]"},
+            [
+                f"t.yaml:19: rules[1].to[1]: 0.0.0.0/1 {V4_BROAD}",
+                f"t.yaml:19: rules[1].to[2]: 128.0.0.0/1 {V4_BROAD}",
+            ],
+            id="two-halves",
+        ),
+        pytest.param(
+            {14: "    to: [preprod, 10.0.0.0/8, 11.0.0.0/8]"},
+            [f"t.yaml:14: rules[0].to: the union of these {V4_BROAD}"],
+            id="union-of-two-8s",
+        ),
+        pytest.param(
+            {10: '  preprod: [80.158.0.0/23, "2001::/16", "2002::/16"]'},
+            [
+                f"t.yaml:14: rules[0].to[0]: zone 'preprod' {V6_BROAD}",
+                f"t.yaml:19: rules[1].to[1]: zone 'preprod' {V6_BROAD}",
+            ],
+            id="union-inside-a-zone",
+        ),
+    ],
+)
+def test_broad_destinations_are_refused(lines: dict[int, str], expected: list[str]) -> None:
+    assert problems(variant(lines)) == expected
+
+
+@pytest.mark.parametrize(
+    "to",
+    [
+        "[10.0.0.0/8]",  # exactly as broad as allowed
+        '["2001::/16"]',
+        "[10.0.0.0/8, '2001::/16']",  # the limit is per address family
+        "[10.0.0.0/9, 10.128.0.0/9]",  # a /8 in halves
+        "[10.0.0.0/8, 10.1.0.0/16]",  # overlaps count once
+    ],
+)
+def test_destinations_up_to_the_limit_are_accepted(to: str) -> None:
+    config.parse(variant({14: f"    to: {to}"}), Path("t.yaml"))
+
+
+@pytest.mark.parametrize("to", ["[0.0.0.0/0]", '["::/0"]', "[0.0.0.0/1, 128.0.0.0/1]"])
+def test_allow_broad_accepts_a_broad_destination(to: str) -> None:
+    # Line 16 held rule 0's `auth: none`; auth is then required, the default.
+    text = variant({14: f"    to: {to}", 16: "    allow_broad: true"})
+    rule = config.parse(text, Path("t.yaml")).policy.rules[0]
+    assert rule.destinations.networks is not None
+    assert str(rule.destinations) == ", ".join(to.strip("[]").replace('"', "").split(", "))
+
+
+def test_allow_broad_is_per_rule() -> None:
+    text = variant({9: "  prod: [0.0.0.0/0]", 16: "    allow_broad: true"})
+    assert problems(text) == [f"t.yaml:19: rules[1].to[0]: zone 'prod' {V4_BROAD}"]
+
+
+def test_allow_broad_must_be_a_boolean_and_does_not_allow_any() -> None:
+    found = problems(variant({14: "    to: [0.0.0.0/0]", 16: "    allow_broad: yes please"}))
+    where = "t.yaml:16: rules[0].allow_broad: must be true or false"
+    assert any(p.startswith(where) for p in found), found
+    found = problems(variant({14: "    to: [any]", 16: "    allow_broad: true"}))
+    assert found == [
+        "t.yaml:14: rules[0].to[0]: 'any' destination would make an open proxy; name zones"
+    ]
