@@ -255,6 +255,15 @@ class UserSecrets:
     expires: float | None = None  # seconds since the epoch; refused from then on
     note: str = ""  # who and why, for the operator
 
+    def __repr__(self) -> str:
+        # An HA1 answers any challenge of its realm, like the password: a log line, a
+        # traceback or a test failure shows only which algorithms there are.
+        hidden = ", ".join(f"{algorithm!r}: '***'" for algorithm in self.ha1)
+        return (
+            f"UserSecrets(name={self.name!r}, realm={self.realm!r}, ha1={{{hidden}}}, "
+            f"expires={self.expires!r}, note={self.note!r})"
+        )
+
 
 def challenge(realm: str, algorithm: str, nonce: str, stale: bool) -> str:
     value = f'Digest realm="{realm}", qop="auth", algorithm={algorithm}, nonce="{nonce}"'

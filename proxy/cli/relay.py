@@ -10,7 +10,13 @@ import os
 import signal
 import sys
 
-from ..client.credentials import ProxyEndpoint, parse_proxy_url, proxy_from, resolve
+from ..client.credentials import (
+    ProxyEndpoint,
+    parse_proxy_url,
+    proxy_from,
+    redact_url,
+    resolve,
+)
 from ..client.pacroute import PacRouter, fetch
 from ..client.relay import Relay, Router
 from ..client.upstream import UpstreamProxy
@@ -63,7 +69,7 @@ def listen_address(text: str, allow_remote: bool) -> tuple[str, int]:
             text, from_command_line=True, allow_zero_port=True
         )
     except ProxydError as e:
-        raise ProxydError(f"bad --listen {text!r}: {e}") from None
+        raise ProxydError(f"bad --listen {redact_url(text)!r}: {e}") from None
     host = endpoint.host
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import string
 from collections.abc import Mapping
 from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
@@ -26,6 +27,42 @@ class CredentialsError(ProxydError):
     """No usable proxy address or credentials; the message says what to do."""
 
 
+# RFC 3986 userinfo: unreserved, pct-encoded, sub-delims and ":". Anything else in a
+# password ("/", "?", "#", "[", "]", "@", a space, non-ASCII) makes urllib end the host
+# early, and pieces of the password would come back as a host, a port or an error text.
+_USERINFO_CHARS = frozenset(string.ascii_letters + string.digits + "-._~%!$&'()*+,;=:")
+REDACTED = "***"
+
+
+def _password_span(url: str) -> slice | None:
+    """Where a password can be in `url`: after the user's ":" up to the last "@". Wider
+    than urllib's reading on purpose (see _USERINFO_CHARS): redaction errs on hiding."""
+    start = url.find("://")
+    start = 0 if start < 0 else start + 3
+    at = url.rfind("@")
+    colon = url.find(":", start, at) if at > start else -1
+    return slice(colon + 1, at) if colon >= 0 else None
+
+
+def redact_url(url: str) -> str:
+    """`url` fit for a message or a log, its password (if any) replaced by `***`. The one
+    place that knows where a URL keeps its password: every message showing a URL uses it."""
+    span = _password_span(url)
+    return url if span is None else f"{url[: span.start]}{REDACTED}{url[span.stop :]}"
+
+
+def scrub_password(text: str, url: str) -> str:
+    """`text` (a parser's or fetcher's error about `url`) with the URL's password, as
+    written and percent-decoded, replaced by `***`: urllib quotes the netloc in some."""
+    span = _password_span(url)
+    if span is None:
+        return text
+    for secret in sorted({url[span], unquote(url[span])}, key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
 class ProxyEndpoint(NamedTuple):
     host: str
     port: int
@@ -36,36 +73,54 @@ class ProxyEndpoint(NamedTuple):
     def hostport(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
+    def __repr__(self) -> str:  # str() too: a log line or traceback must not show it
+        password = None if self.password is None else REDACTED
+        return (
+            f"ProxyEndpoint(host={self.host!r}, port={self.port!r}, user={self.user!r}, "
+            f"password={password!r})"
+        )
+
 
 class Credentials(NamedTuple):
     user: str
     password: str
+
+    def __repr__(self) -> str:  # str() too
+        return f"Credentials(user={self.user!r}, password={REDACTED!r})"
 
 
 def parse_proxy_url(
     url: str, *, from_command_line: bool, allow_zero_port: bool = False
 ) -> ProxyEndpoint:
     """`http://[user@]host[:port]`; a password in it is refused on the command line.
-    `allow_zero_port` is for `relay --listen`, where port 0 means any free port."""
+    `allow_zero_port` is for `relay --listen`, where port 0 means any free port.
+    Messages show the URL redacted: one from the environment may carry the password."""
+    shown = redact_url(url)
+    span = _password_span(url)
+    if span is not None and from_command_line:
+        raise CredentialsError(
+            "a password in --proxy would be visible to other users in ps: "
+            f"set {PASSWORD_ENV} or use a credentials file (mode 0600)"
+        )
+    if span is not None and not set(url[span]) <= _USERINFO_CHARS:
+        raise CredentialsError(
+            f"bad proxy URL {shown!r}: percent-encode the password (only letters, digits "
+            "and -._~!$&'()*+,;=:% may stand as they are)"
+        )
     text = url if "://" in url else f"http://{url}"
     try:
         parts = urlsplit(text)
         port = url_port(parts, DEFAULT_PROXY_PORT, allow_zero=allow_zero_port)
     except (ValueError, BadDestination) as e:
-        raise CredentialsError(f"bad proxy URL {url!r}: {e}") from None
+        raise CredentialsError(f"bad proxy URL {shown!r}: {scrub_password(str(e), url)}") from None
     if parts.scheme != "http":
         raise CredentialsError(
-            f"bad proxy URL {url!r}: only http:// proxies (the tunnel itself carries TLS)"
+            f"bad proxy URL {shown!r}: only http:// proxies (the tunnel itself carries TLS)"
         )
     if not parts.hostname:
-        raise CredentialsError(f"bad proxy URL {url!r}: no host")
+        raise CredentialsError(f"bad proxy URL {shown!r}: no host")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise CredentialsError(f"bad proxy URL {url!r}: a proxy URL has no path")
-    if parts.password is not None and from_command_line:
-        raise CredentialsError(
-            "a password in --proxy would be visible to other users in ps: "
-            f"set {PASSWORD_ENV} or use a credentials file (mode 0600)"
-        )
+        raise CredentialsError(f"bad proxy URL {shown!r}: a proxy URL has no path")
     return ProxyEndpoint(
         host=parts.hostname,
         port=port,

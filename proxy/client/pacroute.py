@@ -7,10 +7,13 @@ It is one global per process, which suits the relay's single event loop.
 
 from __future__ import annotations
 
+import http.client
+import urllib.parse
 import urllib.request
 from typing import Any
 
 from ..errors import ProxydError
+from .credentials import redact_url, scrub_password
 
 MAX_PAC = 1024 * 1024
 
@@ -21,13 +24,22 @@ class PacError(ProxydError):
 
 def fetch(url: str, timeout: float = 30.0) -> str:
     """The PAC's text, fetched without any proxy (a PAC lives where every client reaches it)."""
+    shown = redact_url(url)
     if not url.startswith(("http://", "https://")):
-        raise PacError(f"bad PAC URL {url!r}: http:// or https:// only")
+        raise PacError(f"bad PAC URL {shown!r}: http:// or https:// only")
+    try:
+        netloc = urllib.parse.urlsplit(url).netloc
+    except ValueError as e:
+        raise PacError(f"bad PAC URL {shown!r}: {scrub_password(str(e), url)}") from None
+    # urllib sends no userinfo: it reads "user:pw@host" as a host with the port "pw@host"
+    # and quotes that in its error. Refused here, so what follows never sees a password.
+    if shown != url or "@" in netloc:
+        raise PacError(f"bad PAC URL {shown!r}: no user or password (it is fetched without)")
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(url, timeout=timeout) as response:
             data: bytes = response.read(MAX_PAC + 1)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, http.client.HTTPException) as e:  # InvalidURL: a bad port
         raise PacError(f"can't fetch PAC {url}: {e}") from None
     if len(data) > MAX_PAC:
         raise PacError(f"PAC {url} is larger than {MAX_PAC} bytes")

@@ -7,14 +7,18 @@ from pathlib import Path
 
 import pytest
 
+from proxy.cli.relay import listen_address
 from proxy.client.credentials import (
     CredentialsError,
     ProxyEndpoint,
     parse_proxy_url,
     proxy_from,
     read_credentials_file,
+    redact_url,
     resolve,
 )
+from proxy.client.pacroute import PacError, fetch
+from proxy.errors import ProxydError
 
 
 def secret_file(path: Path, text: str, mode: int = 0o600) -> str:
@@ -169,3 +173,102 @@ def test_resolve_errors(
     env = {"HOME": str(tmp_path), **env}
     with pytest.raises(CredentialsError, match=message):
         resolve(ProxyEndpoint("p", 3128), user, None, env)
+
+
+# --- secrets in reprs and messages ----------------------------------------------------------
+
+SECRET = "s3cr%2Ft-pw"  # percent-encoded as written in a URL; decoded: "s3cr/t-pw"
+DECODED = "s3cr/t-pw"
+
+
+def assert_hidden(text: str, *secrets: str) -> None:
+    for secret in (SECRET, DECODED, *secrets):
+        assert secret not in text, text
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://proxy:3128", "http://proxy:3128"),
+        ("http://alice@proxy:3128", "http://alice@proxy:3128"),
+        ("http://alice:pw@proxy:3128", "http://alice:***@proxy:3128"),
+        ("http://alice:@proxy:3128", "http://alice:***@proxy:3128"),
+        ("alice:pw@proxy:3128", "alice:***@proxy:3128"),  # no scheme: still a proxy URL
+        ("http://alice:p:w@proxy", "http://alice:***@proxy"),  # the password holds ':'
+        ("http://alice:p@w@proxy", "http://alice:***@proxy"),  # and '@': the last one ends it
+        ("http://alice:p/w?x#y@proxy", "http://alice:***@proxy"),  # urllib would end early
+        ("http://proxy:3128/", "http://proxy:3128/"),
+    ],
+)
+def test_redact_url(url: str, expected: str) -> None:
+    assert redact_url(url) == expected
+
+
+def test_endpoint_and_credentials_reprs_hide_the_password() -> None:
+    endpoint = proxy_from(None, {"HTTPS_PROXY": f"http://alice:{SECRET}@proxy:3128"})
+    assert endpoint.password == DECODED
+    credentials = resolve(endpoint, None, None, {"HOME": "/nonexistent"})
+    assert credentials == ("alice", DECODED)
+    for thing in (endpoint, credentials):
+        for text in (repr(thing), str(thing), f"{thing}", repr([thing])):
+            assert_hidden(text)
+            assert "'alice'" in text and "'***'" in text
+    assert repr(ProxyEndpoint("proxy", 3128)) == (
+        "ProxyEndpoint(host='proxy', port=3128, user=None, password=None)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (f"http://alice:{SECRET}@proxy:99999", "invalid port: '99999'"),
+        (f"http://alice:{SECRET}@proxy:\u00b2", "invalid port"),
+        (f"http://alice:{SECRET}@proxy:0", "invalid port: '0'"),
+        (f"https://alice:{SECRET}@proxy:3128", "only http://"),
+        (f"http://alice:{SECRET}@:3128", "no host"),
+        (f"http://alice:{SECRET}@proxy:3128/path", "no path"),
+        (f"http://alice:{SECRET}@[::1:3128", "Invalid IPv6 URL"),
+        (f"http://alice:{SECRET}@pr\uff0fxy:3128", "NFKC"),  # urllib quotes the netloc
+        (f"http://alice:{DECODED}@proxy:3128", "percent-encode the password"),
+        ("http://alice:s3cr[t-pw]@proxy:3128", "percent-encode the password"),
+        ("http://alice:s3cr\u00e9t-pw@proxy:3128", "percent-encode the password"),
+    ],
+)
+def test_proxy_url_errors_never_show_the_password(url: str, message: str) -> None:
+    with pytest.raises(CredentialsError, match=message) as info:
+        proxy_from(None, {"HTTPS_PROXY": url})
+    text = str(info.value)
+    assert_hidden(text, "s3cr[t-pw]", "s3cr\u00e9t-pw", "s3cr")
+    assert "alice:***@" in text or "percent-encode" in text
+
+
+def test_command_line_password_message_shows_no_url() -> None:
+    with pytest.raises(CredentialsError, match="visible to other users") as info:
+        proxy_from(f"http://alice:{SECRET}@proxy:3128", {})
+    assert_hidden(str(info.value), "s3cr")
+
+
+def test_relay_listen_error_hides_the_password() -> None:
+    with pytest.raises(ProxydError) as info:
+        listen_address(f"alice:{SECRET}@127.0.0.1:3129", allow_remote=False)
+    assert_hidden(str(info.value), "s3cr")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"http://alice:{SECRET}@127.0.0.1:1/proxy.pac",
+        f"http://alice:{DECODED}@127.0.0.1:1/proxy.pac",  # urllib: a port "s3cr"
+        f"ftp://alice:{SECRET}@127.0.0.1/proxy.pac",
+        f"http://alice:{SECRET}@[::1/proxy.pac",
+    ],
+)
+def test_pac_url_errors_never_show_the_password(url: str) -> None:
+    with pytest.raises(PacError) as info:
+        fetch(url, timeout=1)
+    assert_hidden(str(info.value), "s3cr")
+
+
+def test_pac_url_with_a_bad_port_is_an_error_not_a_bug() -> None:
+    with pytest.raises(PacError, match="can't fetch PAC"):  # http.client's InvalidURL
+        fetch("http://127.0.0.1:abc/proxy.pac", timeout=1)

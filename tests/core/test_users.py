@@ -229,3 +229,16 @@ def test_bad_expiry_in_file_is_located() -> None:
     assert e.value.problems == [
         "users.digest:1: user 'zoe': expires: not a date like 2027-03-31: '2027-13-01'"
     ]
+
+
+def test_user_secrets_repr_and_str_hide_the_hashes() -> None:
+    """An HA1 answers any challenge of its realm: a log line or a failing test must not
+    show it. The repr keeps everything else, so a test failure still says who it is."""
+    user = make_user("alice", "proxyd", "password-a", note="partner a")
+    for text in (repr(user), str(user), f"{user}", repr([user]), repr({"alice": user})):
+        assert "password-a" not in text
+        for value in user.ha1.values():
+            assert value not in text
+        assert "'alice'" in text and "'partner a'" in text
+        assert "'MD5': '***'" in text and "'SHA-256': '***'" in text
+    assert user.ha1["MD5"] == htdigest.hash("password-a", user="alice", realm="proxyd")
