@@ -19,6 +19,7 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from . import authparams
 from .addresses import (
     IPAddress,
     canonical_ip,
@@ -34,8 +35,8 @@ from .runtime import Runtime
 from .throttle import LoginThrottle, ThrottleLimits
 
 PAC_PATHS = ("/proxy.pac", "/wpad.dat")
-# RFC 9110 token characters: a method is one token.
-_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+# RFC 9110 token characters, as bytes: a method is one token.
+_TCHAR = frozenset(ord(c) for c in authparams._TCHAR)
 
 
 # --- what comes in --------------------------------------------------------------------
