@@ -68,7 +68,8 @@ class Ask:
     def display_target(self) -> str:
         """For the access log: what the client asked for, never a character that breaks a line."""
         if self.is_connect:
-            return printable(self.authority.decode("latin-1"))
+            _, at, hostport = self.authority.decode("latin-1").rpartition("@")
+            return printable(f"***@{hostport}" if at else hostport)
         host = f"[{self.host}]" if ":" in self.host else self.host
         default = {"http": 80, "https": 443}.get(self.scheme)
         port = "" if self.port == default else f":{self.port}"
@@ -247,6 +248,8 @@ class Admission:
     @staticmethod
     def _target(ask: Ask) -> tuple[str, int]:
         if ask.is_connect:
+            if b"@" in ask.authority:  # RFC 9110 9.3.6: host:port only; never echo a password
+                raise BadDestination("invalid destination: user info in a CONNECT target")
             return split_hostport(header_target(ask.authority))
         host = ask.host
         if not host.isascii():  # the engine decoded an IDN: police its ASCII form

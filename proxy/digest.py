@@ -109,7 +109,7 @@ def parse_credentials(header: bytes | str) -> DigestCredentials:
     """Parse a Digest `Proxy-Authorization` value. Raises MalformedCredentials (400)."""
     scheme, rest = split_scheme(header)
     if scheme != "digest":
-        raise MalformedCredentials(f"not a Digest header: {scheme}")
+        raise MalformedCredentials(f"not a Digest header: {scheme[:32]}")
     params = parse_auth_params(rest)
     if "username*" in params:
         if "username" in params:

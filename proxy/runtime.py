@@ -15,7 +15,7 @@ from .config import Config
 from .digest import DigestVerifier, NonceCodec, ReplayWindow, challenges
 from .executors.files import load_or_create_secret
 from .executors.resolver import Resolver, load_hosts
-from .executors.userfile import UserFile
+from .executors.userfile import UserFile, create_users_file
 from .pac import PacFile
 from .pac import generate as generate_pac
 from .policy import Policy
@@ -50,10 +50,15 @@ class Runtime:
         return challenges(self.config.realm, self.config.auth.algorithms, self.new_nonce, stale)
 
 
-def build_runtime(config: Config, replay: ReplayWindow | None = None) -> Runtime:
-    """Raises ConfigError/OSError/ValueError on anything unusable; has no other effect
-    than creating a missing nonce secret."""
+def build_runtime(
+    config: Config, replay: ReplayWindow | None = None, first_start: bool = False
+) -> Runtime:
+    """Raises ConfigError/OSError/ValueError on anything unusable (a missing users file
+    too: a reload never swaps every user away); has no other effect than creating a
+    missing nonce secret and, at the first start, an empty users file."""
     secret = load_or_create_secret(config.auth.nonce_secret_file)
+    if first_start:
+        create_users_file(config.auth.users_file)
     users = UserFile(config.auth.users_file, config.realm)
     verifier = DigestVerifier(
         realm=config.realm,

@@ -24,6 +24,14 @@ HEADER = (
     "# proxyd users file: name:realm:md5-ha1:sha256-ha1[:expires[:note]]"
     " (written by `proxyd users`)\n"
 )
+
+
+def written_by_proxyd(text: str) -> bool:
+    """Whether `text` is a users file `proxyd users` wrote (it always starts with HEADER):
+    such a file with no users in it is meant, not a truncation or a half-done swap."""
+    return text.startswith(HEADER)
+
+
 # Percent-encode what would break the line format (':' '%', controls) and non-ASCII.
 _NOTE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in ":%")
 MAX_NOTE = 500

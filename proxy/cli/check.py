@@ -14,7 +14,7 @@ from .. import config
 from ..addresses import IPAddress, canonical_ip, format_hostport, parse_port, parse_target
 from ..errors import BadDestination, ConfigError
 from ..executors.resolver import ResolveError, Resolver, load_hosts
-from ..executors.userfile import read_users
+from ..executors.userfile import UserFile, read_users
 from ..pac import generate as generate_pac
 
 
@@ -22,6 +22,14 @@ def run_check(args: argparse.Namespace) -> int:
     try:
         cfg = config.load(args.file)
         load_hosts(cfg.hosts_file)
+        users_file = cfg.auth.users_file
+        if os.path.lexists(users_file):
+            UserFile(users_file, cfg.realm)  # what a start or a reload would refuse
+        else:
+            print(
+                f"note: users_file {users_file} does not exist: `proxyd serve` creates it "
+                "empty at its first start; a reload to this config is refused until it exists"
+            )
     except ConfigError as e:
         for problem in e.problems:
             print(problem)
@@ -37,6 +45,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 def run_reload(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)  # refuse to signal with a config that won't load
+    UserFile(cfg.auth.users_file, cfg.realm)  # nor with users the proxy would refuse
     if cfg.pid_file is None:
         raise ConfigError(
             [f"{args.config}: no pid_file set; use `systemctl reload proxyd` or kill -HUP"]

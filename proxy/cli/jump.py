@@ -9,6 +9,8 @@ import os
 import shutil
 import socket
 import sys
+import syslog
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -221,26 +223,47 @@ def run_sshd_config(args: argparse.Namespace) -> int:
 
 def run_gate(args: argparse.Namespace) -> int:
     """`nc HOST PORT` for a tunnel account: checked by the policy, then relayed. Any
-    failure is one line to the partner, never a traceback, and nothing else is run."""
+    failure is one line to the partner, never a traceback, and nothing else is run.
+
+    Fail closed: the check and the connection run inside one boundary, so an error nobody
+    expected (a bug, an odd file) refuses too; its traceback goes to syslog, not to the
+    partner."""
     try:
-        cfg = config.load(args.config)
-        host, port = parse_gate_command(os.environ.get("SSH_ORIGINAL_COMMAND"))
-        if port not in cfg.jump.ports:
-            raise JumpError(f"port {port} is not allowed (allowed: {cfg.jump.ports})")
-        target = parse_target(host, port)
-        if target.literal is not None:
-            addresses: tuple[Any, ...] = (target.literal,)
-        else:
-            assert target.name is not None
-            resolver = Resolver(load_hosts(cfg.hosts_file), cfg.dns_timeout)
-            addresses = asyncio.run(resolver.resolve(target.name, port))
-        denied = [a for a in addresses if not cfg.policy.open_to_anyone(a, port)]
-        if denied:
-            raise JumpError(f"{host}:{port} is outside the allowed zones")
-        sock = socket.create_connection((str(addresses[0]), port), timeout=CONNECT_TIMEOUT)
-        sock.settimeout(None)
+        sock = _checked_connection(args.config, os.environ.get("SSH_ORIGINAL_COMMAND"))
     except (ProxydError, JumpError, BadDestination, ResolveError, OSError) as e:
         print(f"proxyd: refused: {e}", file=sys.stderr)
         return 1
+    except Exception:
+        _log_internal_error()
+        print("proxyd: refused: internal error", file=sys.stderr)
+        return 1
     relay_stdio(sock)
     return 0
+
+
+def _checked_connection(config_path: Path, command: str | None) -> socket.socket:
+    """A connection to the one address the policy allows for `command`, or an error."""
+    cfg = config.load(config_path)
+    host, port = parse_gate_command(command)
+    if port not in cfg.jump.ports:
+        raise JumpError(f"port {port} is not allowed (allowed: {cfg.jump.ports})")
+    target = parse_target(host, port)
+    if target.literal is not None:
+        addresses: tuple[Any, ...] = (target.literal,)
+    else:
+        assert target.name is not None
+        resolver = Resolver(load_hosts(cfg.hosts_file), cfg.dns_timeout)
+        addresses = asyncio.run(resolver.resolve(target.name, port))
+    denied = [a for a in addresses if not cfg.policy.open_to_anyone(a, port)]
+    if denied or not addresses:
+        raise JumpError(f"{host}:{port} is outside the allowed zones")
+    sock = socket.create_connection((str(addresses[0]), port), timeout=CONNECT_TIMEOUT)
+    sock.settimeout(None)
+    return sock
+
+
+def _log_internal_error() -> None:
+    """The traceback, one syslog line per line, for the operator (auth facility, as sshd)."""
+    syslog.openlog("proxyd-jump-gate", syslog.LOG_PID, syslog.LOG_AUTHPRIV)
+    for line in traceback.format_exc().splitlines():
+        syslog.syslog(syslog.LOG_ERR, line)

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from ..runtime import build_runtime
 
     try:
-        runtime = build_runtime(cfg)
+        runtime = build_runtime(cfg, first_start=True)
     except (OSError, ValueError) as e:
         raise ConfigError([str(e)]) from e
     if role is None and args.workers > 1:

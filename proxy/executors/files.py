@@ -51,25 +51,32 @@ def locked(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def load_or_create_secret(path: Path) -> bytes:
-    """The nonce secret; created with random bytes, mode 0600, if it does not exist.
+def create_if_missing(path: Path, data: bytes) -> None:
+    """Create `path` holding `data`, mode 0600, unless it exists.
 
-    Replicas may start at once against one shared folder: the new secret is written to a
+    Replicas may start at once against one shared folder: the file is written to a
     temporary file and hard-linked into place, which fails if another process won the race,
-    and then everyone reads the winner's secret.
+    and then everyone reads the winner's file.
     """
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, secrets.token_bytes(SECRET_BYTES))
-            os.fsync(fd)
-            os.close(fd)
-            with contextlib.suppress(FileExistsError):
-                os.link(tmp, path)
-        finally:
-            os.unlink(tmp)
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
+
+
+def load_or_create_secret(path: Path) -> bytes:
+    """The nonce secret; created with random bytes, mode 0600, if it does not exist."""
+    create_if_missing(path, secrets.token_bytes(SECRET_BYTES))
     data = path.read_bytes()
     if len(data) < 16:
         raise ValueError(f"{path}: nonce secret too short ({len(data)} bytes, need 16 or more)")

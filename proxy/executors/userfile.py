@@ -1,7 +1,10 @@
 """The users file as the running proxy sees it: loaded once, re-read when it changes.
 
-A stat every `interval` seconds at most; a broken file after an edit is logged and the
-users already loaded keep working (an operator's typo must not lock everyone out).
+A stat every `interval` seconds at most. Whatever goes wrong with the file while serving
+(a broken edit, a permission error, a symlink loop, the file gone, dangling or truncated
+to nothing, as in a half-done kubelet `..data` swap) is logged as an error once and
+counted, and the users already loaded keep working: an operator's slip must neither lock
+everyone out nor let anyone in. Only a file that `proxyd users` wrote may hold no users.
 """
 
 from __future__ import annotations
@@ -14,12 +17,19 @@ from pathlib import Path
 
 from ..digest import UserSecrets
 from ..errors import ConfigError
-from ..users import parse_users
+from ..users import HEADER, parse_users, written_by_proxyd
+from .files import create_if_missing
 
 log = logging.getLogger("proxyd.users")
 
+# What identifies one version of the file (inode, mtime, ctime, size: a chmod that makes it
+# readable again changes ctime), or the text of the error that stat gave.
+Stamp = tuple[int, int, int, int] | str
+
 
 def read_users(path: Path) -> dict[str, UserSecrets]:
+    """The users in `path`, or none if it does not exist (for `proxyd users`, which
+    creates it); ConfigError if it cannot be read or parsed."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -27,6 +37,34 @@ def read_users(path: Path) -> dict[str, UserSecrets]:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError([f"{path}: cannot read: {e}"]) from e
     return parse_users(text, str(path))
+
+
+def create_users_file(path: Path) -> None:
+    """At a first start: an empty users file, as `proxyd users` writes it, so that the file
+    exists from then on (a reload to a config whose users file is missing is refused)."""
+    create_if_missing(path, HEADER.encode())
+
+
+def _stamp(path: Path) -> Stamp:
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return f"cannot stat: {e.strerror or e}"
+    return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: does not exist"]) from None
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read: {e.strerror or e}"]) from e
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{path}: not UTF-8 ({e.reason} at byte {e.start})"]) from None
 
 
 class UserFile:
@@ -37,34 +75,31 @@ class UserFile:
         interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """Loads the file now; ConfigError if it is missing, unreadable or broken."""
         self.path = path
         self.realm = realm
         self.interval = interval
         self.clock = clock
         self._users: dict[str, UserSecrets] = {}
-        self._stamp: tuple[int, int, int] | None = None
+        self._stamp: Stamp | None = None
         self._next_check = 0.0
         self.on_reload: Callable[[bool], None] = lambda ok: None  # metrics hook
-        self.reload(strict=True)
+        self._load(_stamp(self.path))
 
-    def _file_stamp(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-    def reload(self, strict: bool = False) -> bool:
-        """Re-read the file; True if the users changed. strict: raise instead of logging."""
-        stamp = self._file_stamp()
-        try:
-            users = read_users(self.path)
-        except ConfigError as e:
-            if strict:
-                raise
-            log.error("users file not reloaded, keeping %d users: %s", len(self._users), e)
-            self._stamp = stamp  # don't re-log the same broken file every second
-            return False
+    def _load(self, stamp: Stamp) -> None:
+        """Replace the users with the file's; ConfigError (users unchanged) if it can't be
+        read or parsed, or if it lost every user without `proxyd users` having written it."""
+        self._stamp = stamp  # a failure is reported once, until the file changes again
+        text = _read_text(self.path)
+        users = parse_users(text, str(self.path))
+        if not users and self._users and not written_by_proxyd(text):
+            raise ConfigError(
+                [
+                    f"{self.path}: no users in it and not written by `proxyd users` "
+                    "(truncated, or replaced half-way?); use `proxyd users remove` to "
+                    "remove users"
+                ]
+            )
         other = sorted(u.name for u in users.values() if u.realm != self.realm)
         if other:
             log.warning(
@@ -75,19 +110,24 @@ class UserFile:
                 ", ".join(other),
             )
         self._users = {n: u for n, u in users.items() if u.realm == self.realm}
-        self._stamp = stamp
-        return True
 
     def maybe_reload(self) -> None:
+        """Re-read the file if it changed since the last look (at most once per interval)."""
         now = self.clock()
         if now < self._next_check:
             return
         self._next_check = now + self.interval
-        if self._file_stamp() != self._stamp:
-            ok = self.reload()
-            self.on_reload(ok)
-            if ok:
-                log.info("users file reloaded: %d users", len(self._users))
+        stamp = _stamp(self.path)
+        if stamp == self._stamp:
+            return
+        try:
+            self._load(stamp)
+        except ConfigError as e:
+            log.error("users file not reloaded, keeping %d users: %s", len(self._users), e)
+            self.on_reload(False)
+            return
+        self.on_reload(True)
+        log.info("users file reloaded: %d users", len(self._users))
 
     def lookup(self, name: str) -> UserSecrets | None:
         self.maybe_reload()

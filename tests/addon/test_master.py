@@ -25,7 +25,7 @@ rules: [{name: r, from: [any], to: [test], ports: [80]}]
 def runtime(tmp_path: Path):
     path = tmp_path / "proxyd.yaml"
     path.write_text(CONFIG)
-    return path, build_runtime(config.load(path))
+    return path, build_runtime(config.load(path), first_start=True)
 
 
 def test_only_proxyd_addons_are_loaded(runtime) -> None:

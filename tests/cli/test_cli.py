@@ -139,9 +139,43 @@ def htdigest_via_tty(path: Path, realm: str, user: str, password: str, create: b
 
 
 def test_check_config_ok(site: Site) -> None:
+    assert site.users("add", "alice", "--generate").returncode == 0
     result = site.run("check-config", str(site.config))
     assert result.returncode == 0
     assert result.stdout == f"{site.config}: OK (2 zones, 2 rules)\n"
+
+
+def test_check_config_says_the_users_file_is_missing(site: Site) -> None:
+    result = site.run("check-config", str(site.config))
+    assert result.returncode == 0  # a first start creates it
+    assert result.stdout.splitlines() == [
+        f"note: users_file {site.users_file} does not exist: `proxyd serve` creates it empty "
+        "at its first start; a reload to this config is refused until it exists",
+        f"{site.config}: OK (2 zones, 2 rules)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        ("loop", "cannot read: Too many levels of symbolic links"),
+        ("dangling", "does not exist"),
+        ("garbage", ":1: expected"),
+    ],
+)
+def test_check_config_reports_a_users_file_a_start_would_refuse(
+    site: Site, fault: str, message: str
+) -> None:
+    if fault == "loop":
+        site.users_file.symlink_to(site.users_file.name)
+    elif fault == "dangling":
+        site.users_file.symlink_to("gone/users.digest")
+    else:
+        site.users_file.write_text("garbage\n")
+    result = site.run("check-config", str(site.config))
+    assert result.returncode == 1
+    assert message in result.stdout
+    assert result.stdout.endswith(f"{site.config}: 1 error(s)\n")
 
 
 def test_check_config_lists_every_error(site: Site) -> None:

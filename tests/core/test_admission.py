@@ -248,6 +248,17 @@ def test_a_bad_connect_authority_is_a_400(runtime: Runtime, authority: bytes) ->
     )
 
 
+def test_user_info_in_a_connect_target_is_a_400_and_never_logged(runtime: Runtime) -> None:
+    ask = Ask("127.0.0.50", PROXY, b"CONNECT", authority=b"alice:s3cret@127.0.0.2:443")
+    outcome = Admission(runtime.config.limits.auth_failures).begin(runtime, ask, NOW)
+    assert isinstance(outcome, Refuse) and (outcome.status, outcome.cause) == (
+        400,
+        "bad_destination",
+    )
+    assert "s3cret" not in outcome.reason
+    assert ask.display_target() == "***@127.0.0.2:443"
+
+
 def test_the_pac_by_ip_is_served_without_auth_and_a_bad_host_header_is_harmless(
     runtime: Runtime,
 ) -> None:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from proxy.errors import ConfigError
 from proxy.executors.files import SECRET_BYTES, atomic_write, load_or_create_secret
-from proxy.executors.userfile import UserFile
+from proxy.executors.userfile import UserFile, create_users_file
 from proxy.users import format_users, make_user
 
 
@@ -210,15 +210,106 @@ def test_users_of_another_realm_are_skipped(
     assert "another realm" in caplog.text and "eve" in caplog.text
 
 
-def test_missing_file_means_no_users_until_it_appears(tmp_path: Path) -> None:
-    clock = Clock()
+def test_missing_file_at_start_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "users.digest"
+    with pytest.raises(ConfigError, match=r"users\.digest: does not exist"):
+        UserFile(path, "proxyd", clock=Clock())
+
+
+def test_a_created_users_file_has_no_users_until_one_is_added(tmp_path: Path) -> None:
+    clock = Clock()
+    path = tmp_path / "auth" / "users.digest"
+    create_users_file(path)
+    assert path.stat().st_mode & 0o777 == 0o600
     users = UserFile(path, "proxyd", clock=clock)
     assert len(users) == 0
-    assert users.lookup("alice") is None
     write_users(path, "alice")
+    create_users_file(path)  # a second start changes nothing
     clock.now += 2
     assert users.lookup("alice") is not None
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def _comments_only(path: Path) -> None:
+    path.write_text("# nobody here\n")
+
+
+def _delete(path: Path) -> None:
+    path.unlink()
+
+
+def _dangle(path: Path) -> None:
+    # A kubelet `..data` swap caught half-way: the link's target is gone.
+    path.unlink()
+    path.symlink_to(path.with_name("..data-gone") / "users.digest")
+
+
+def _loop(path: Path) -> None:
+    path.unlink()
+    path.symlink_to(path.name)
+
+
+def _folder(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+def _latin1(path: Path) -> None:
+    path.write_bytes(b"# caf\xe9\n")
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        (_truncate, "not written by `proxyd users`"),
+        (_comments_only, "not written by `proxyd users`"),
+        (_delete, "does not exist"),
+        (_dangle, "does not exist"),
+        (_loop, "cannot read: Too many levels of symbolic links"),
+        (_folder, "cannot read: Is a directory"),
+        (_latin1, "not UTF-8"),
+    ],
+)
+def test_a_fault_while_serving_keeps_the_users_and_is_an_error_once(
+    users_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    fault: Callable[[Path], None],
+    message: str,
+) -> None:
+    clock = Clock()
+    users = UserFile(users_path, "proxyd", clock=clock)
+    reloads: list[bool] = []
+    users.on_reload = reloads.append
+    fault(users_path)
+    for _ in range(3):
+        clock.now += 2
+        with caplog.at_level(logging.INFO, logger="proxyd.users"):
+            assert users.lookup("alice") is not None
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1, caplog.text
+    assert "not reloaded, keeping 1 users" in errors[0].getMessage()
+    assert message in errors[0].getMessage()
+    assert reloads == [False]
+    if users_path.is_dir() and not users_path.is_symlink():
+        users_path.rmdir()
+    else:
+        users_path.unlink(missing_ok=True)
+    write_users(users_path, "bob")
+    clock.now += 2
+    assert users.lookup("bob") is not None and users.lookup("alice") is None
+    assert reloads == [False, True]
+
+
+def test_a_file_proxyd_wrote_may_hold_no_users(users_path: Path) -> None:
+    clock = Clock()
+    users = UserFile(users_path, "proxyd", clock=clock)
+    write_users(users_path)  # what `proxyd users remove` leaves after the last user
+    clock.now += 2
+    assert users.lookup("alice") is None
+    assert len(users) == 0
 
 
 def test_broken_file_at_start_is_an_error(tmp_path: Path) -> None:

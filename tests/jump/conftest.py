@@ -93,10 +93,10 @@ def prefix() -> Generator[str, None, None]:
 
 @pytest.fixture
 def jump(
-    request: pytest.FixtureRequest, targets: Targets, prefix: str
+    request: pytest.FixtureRequest, targets: Targets, prefix: str, world_proxyd: Path
 ) -> Generator[JumpHost, None, None]:
     directory = Path(tempfile.mkdtemp(prefix="proxyd-jump-", dir="/tmp"))
-    host = JumpHost(targets, prefix, directory)
+    host = JumpHost(targets, prefix, directory, world_proxyd)
     request.node._jump_host = host
     try:
         yield host

@@ -25,7 +25,6 @@ import socketserver
 import string
 import subprocess
 import sys
-import sysconfig
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -33,15 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 PROXY_HOST = "127.0.0.1"
 TARGET_HOST = "127.0.0.2"
 DENIED_HOST = "127.0.0.3"
 INTERNAL_SOURCE = "127.0.0.10"
 REPO = Path(__file__).resolve().parents[2]
 SSHD = "/usr/sbin/sshd"
-SYSTEM_PYTHON = "/usr/bin/python3.11"
 BANNER = b"SSH-2.0-proxyd-jump-speak-first\r\n"
 START_TIMEOUT = 20.0
 IO_TIMEOUT = 30.0
@@ -254,37 +250,14 @@ def today_utc() -> datetime.date:
 # --------------------------------------------------------------------------- gate wrapper
 
 
-def write_gate(path: Path) -> Path:
+def write_gate(path: Path, launcher: Path) -> Path:
     """An executable that runs this checkout's `proxyd` for any user.
 
-    sshd runs the forced command as the jump account, not as root. The venv's interpreter
-    may live where other users cannot reach it (here: under /root, mode 0700), so the
-    forced command uses the system's Python 3.11 with this checkout and the venv's
-    site-packages on its path. Same code, an interpreter jump accounts may execute.
+    sshd runs the forced command as the jump account, not as root, and a newcomer's
+    checkout and venv may live where other users cannot reach them (under /root, mode
+    0700, or `mktemp -d`): the gate runs the world-readable install (`world_install`).
     """
-    python = SYSTEM_PYTHON
-    if not os.access(python, os.X_OK):
-        message = f"{python} is needed to run the gate as an unprivileged account"
-        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
-    paths = [str(REPO), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
-    for folder in map(Path, paths):
-        # The account must reach the code: a checkout under a 0700 folder (`mktemp -d`)
-        # would fail every jump test later with "No module named 'proxy'".
-        closed = [p for p in (folder, *folder.parents) if not p.stat().st_mode & 0o001]
-        if closed:
-            pytest.fail(
-                f"{closed[-1]} is not searchable by other users: the jump accounts can't "
-                f"run this checkout's proxyd from {folder} (clone it somewhere they can)",
-                pytrace=False,
-            )
-    path.write_text(
-        f"#!{python} -I\n"
-        "import sys\n"
-        f"sys.path[:0] = {json.dumps(paths)}\n"
-        "from proxy.cli.main import entry\n"
-        "sys.argv[0] = 'proxyd'\n"
-        "entry()\n"
-    )
+    path.write_text(f"#!/bin/sh\nexec '{launcher}' \"$@\"\n")
     path.chmod(0o755)
     return path
 
@@ -511,7 +484,7 @@ class JumpHost:
     """One test's jump host: a proxyd config, its accounts (named with `prefix`), a real
     sshd whose config ends with `proxyd jump sshd-config`, and an ssh client."""
 
-    def __init__(self, targets: Targets, prefix: str, directory: Path) -> None:
+    def __init__(self, targets: Targets, prefix: str, directory: Path, launcher: Path) -> None:
         import yaml
 
         self.yaml = yaml
@@ -529,7 +502,7 @@ class JumpHost:
         self.markers.chmod(0o1777)  # an injected command could write here if it ran
         self.client_home = directory / "client-home"
         self.client_home.mkdir(mode=0o700)
-        self.gate = write_gate(directory / "proxyd-gate")
+        self.gate = write_gate(directory / "proxyd-gate", launcher)
         self.config_path = directory / "proxyd.yaml"
         self.config: dict[str, Any] = base_config(targets, directory, self.group, self.gate)
         self.write_config()
