@@ -1,6 +1,6 @@
 # proxyd: the two set-up commands are `make run` and `make test` (as root on Debian).
 SHELL := /bin/bash
-PYTHON ?= python3
+# The Python the venv is made from: .ci/find-python picks one >= 3.12 (PYTHON=… overrides).
 VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config/proxyd.yaml
@@ -9,7 +9,7 @@ CONFIG ?= config/proxyd.yaml
 # haproxy: the load balancer in front of two replicas; systemd: `systemd-analyze verify`.
 RUN_DEBS := python3-venv ca-certificates
 TEST_DEBS := curl git wget openssh-client openssh-server squid apache2-utils iproute2 prometheus chromium \
-             python3.11-minimal nodejs \
+             nodejs \
              libcurl4-openssl-dev libssl-dev build-essential \
              haproxy systemd \
              wrk nginx-light
@@ -18,8 +18,10 @@ NODE_DIR := tests/integration/node
 
 .PHONY: run test lint typecheck unit integration debs-run debs-test bench clean
 
+# A venv left by an older Python (proxyd needed 3.11 before) is made anew.
 $(BIN)/proxyd: pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null || rm -rf $(VENV)
+	test -x $(BIN)/python || { py=$$(bash .ci/find-python) && "$$py" -m venv $(VENV); }
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@

@@ -53,6 +53,7 @@ TOP_LEVEL_KEYS = frozenset(
         "drain_timeout",
         "pid_file",
         "limits",
+        "upstream",
         "jump",
     }
 )
@@ -90,6 +91,18 @@ class Limits:
     auth_failures: ThrottleLimits = AUTH_FAILURES
     max_header_bytes: int = 32 * 1024
     max_connections_per_source: int = 512
+    # A client connection (keep-alive or tunnel) with no byte either way for this long is
+    # closed; one that stops reading what it was sent is aborted as long after.
+    idle_timeout: float = 600.0
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    # The kernel retries a SYN that is dropped for about two minutes; partners get a 504 first.
+    connect_timeout: float = 10.0
+    # How long an upstream may take to start its response (status line and headers) once
+    # the request has been sent: then 504. A body that stalls later meets idle_timeout.
+    read_timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -124,6 +137,7 @@ class Config:
     drain_timeout: float = 30.0  # seconds open tunnels get to finish on SIGTERM
     pid_file: Path | None = None
     limits: Limits = Limits()
+    upstream: UpstreamConfig = UpstreamConfig()
     jump: JumpConfig = JumpConfig()
     access_log: AccessLogConfig = AccessLogConfig(None, "squid")
 
@@ -251,10 +265,16 @@ def _rate(value: Any) -> float:
     return float(value)
 
 
-def _seconds(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
-        raise ValueError(f"must be a number of seconds in (0, 3600], not {value!r}")
-    return float(value)
+def _seconds_up_to(most: float) -> Callable[[Any], float]:
+    def convert(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= most:
+            raise ValueError(f"must be a number of seconds in (0, {most:g}], not {value!r}")
+        return float(value)
+
+    return convert
+
+
+_seconds = _seconds_up_to(3600)
 
 
 def _string(value: Any) -> str:
@@ -359,6 +379,7 @@ class _Builder:
         drain_timeout = c.field(top, (), "drain_timeout", _seconds, 30.0)
         pid_file = c.field(top, (), "pid_file", self.path)
         limits = self.limits(top.get("limits"))
+        upstream = self.upstream(top.get("upstream"))
         jump = self.jump(top.get("jump"))
         pac = c.mapping(top.get("pac"), ("pac",), {"domains"})
         pac_domains = []
@@ -390,6 +411,7 @@ class _Builder:
             drain_timeout=drain_timeout or 30.0,
             pid_file=pid_file,
             limits=limits,
+            upstream=upstream,
             jump=jump,
         )
 
@@ -437,7 +459,7 @@ class _Builder:
         section = c.mapping(
             value,
             path,
-            {"auth_failures", "max_header_bytes", "max_connections_per_source"},
+            {"auth_failures", "max_header_bytes", "max_connections_per_source", "idle_timeout"},
         )
         bucket_names = ("per_source", "per_user", "per_user_total")
         failures = c.mapping(
@@ -461,11 +483,20 @@ class _Builder:
             _integer(1, 1_000_000),
             default.max_connections_per_source,
         )
+        idle = c.field(section, path, "idle_timeout", _seconds_up_to(86400), default.idle_timeout)
         return Limits(
             ThrottleLimits(*buckets),
             header_bytes or default.max_header_bytes,
             connections or default.max_connections_per_source,
+            idle or default.idle_timeout,
         )
+
+    def upstream(self, value: Any) -> UpstreamConfig:
+        c, path, default = self.c, ("upstream",), UpstreamConfig()
+        section = c.mapping(value, path, {"connect_timeout", "read_timeout"})
+        connect = c.field(section, path, "connect_timeout", _seconds, default.connect_timeout)
+        read = c.field(section, path, "read_timeout", _seconds, default.read_timeout)
+        return UpstreamConfig(connect or default.connect_timeout, read or default.read_timeout)
 
     def access_log(self, value: Any) -> AccessLogConfig:
         c, path = self.c, ("access_log",)
