@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import re
-from collections.abc import Callable, Set
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,26 +37,80 @@ BROADEST_TRUSTED = {4: 28, 6: 56}  # "we will not whitelist large network segmen
 # networks to add up to more are as good as `to: any`, an open proxy. Counted over the
 # union, so two /1s are as broad as the /0 they make.
 BROADEST_DESTINATION = {4: 8, 6: 16}
-TOP_LEVEL_KEYS = frozenset(
-    {
-        "listen",
-        "realm",
-        "auth",
-        "dns",
-        "zones",
-        "rules",
-        "trusted_sources",
-        "admin_listen",
-        "access_log",
-        "public_address",
-        "pac",
-        "drain_timeout",
-        "pid_file",
-        "limits",
-        "upstream",
-        "jump",
-    }
-)
+# Every key a config file may hold, section by section: the one list of keys. The builder
+# refuses any other (`_known`), config/proxyd.yaml explains each and README's
+# Configuration names each (tests/core/test_config_schema.py holds both to it). A key maps
+# to the keys of the mapping it holds, or to None when its value is not a mapping of fixed
+# keys: a scalar, a list of scalars, or `zones` (its keys are the operator's zone names).
+# `rules` and `trusted_sources` hold lists of mappings with the keys given.
+type Schema = Mapping[str, Schema | None]
+
+_BUCKET: Schema = {"burst": None, "per_minute": None}
+SCHEMA: Schema = {
+    "listen": None,
+    "realm": None,
+    "auth": {
+        "users_file": None,
+        "nonce_secret_file": None,
+        "nonce_lifetime": None,
+        "algorithms": None,
+    },
+    "dns": {"hosts_file": None, "timeout": None},
+    "zones": None,
+    "rules": {
+        "name": None,
+        "from": None,
+        "to": None,
+        "ports": None,
+        "auth": None,
+        "allow_broad": None,
+    },
+    "trusted_sources": {
+        "name": None,
+        "cidr": None,
+        "owner": None,
+        "reason": None,
+        "expires": None,
+        "allow_broad": None,
+    },
+    "admin_listen": None,
+    "access_log": {"path": None, "format": None},
+    "public_address": None,
+    "pac": {"domains": None},
+    "drain_timeout": None,
+    "pid_file": None,
+    "limits": {
+        "auth_failures": {"per_source": _BUCKET, "per_user": _BUCKET, "per_user_total": _BUCKET},
+        "max_header_bytes": None,
+        "max_connections_per_source": None,
+        "idle_timeout": None,
+    },
+    "upstream": {"connect_timeout": None, "read_timeout": None},
+    "jump": {
+        "group": None,
+        "home_base": None,
+        "state_dir": None,
+        "keys_dir": None,
+        "audit_log": None,
+        "rsa_min_bits": None,
+        "ports": None,
+        "gate": None,
+        "permit_open_limit": None,
+    },
+}
+
+
+def _known(*section: str) -> frozenset[str]:
+    """The keys SCHEMA allows in the mapping at `section` (keys, not list indexes)."""
+    schema: Schema | None = SCHEMA
+    for key in section:
+        assert schema is not None, section
+        schema = schema[key]
+    assert schema is not None, f"{'.'.join(section)} is not a section"
+    return frozenset(schema)
+
+
+TOP_LEVEL_KEYS = _known()
 _DOMAIN_RE = re.compile(
     r"^\.?([a-zA-Z0-9_]([a-zA-Z0-9_-]{0,61}[a-zA-Z0-9_])?\.)*[a-zA-Z0-9-]{1,63}$"
 )
@@ -368,7 +422,7 @@ class _Builder:
         )
         realm = c.field(top, (), "realm", _realm, "proxyd")
         auth = self.auth(top.get("auth"))
-        dns = c.mapping(top.get("dns"), ("dns",), {"hosts_file", "timeout"})
+        dns = c.mapping(top.get("dns"), ("dns",), _known("dns"))
         hosts_file = c.field(dns, ("dns",), "hosts_file", self.path)
         dns_timeout = c.field(dns, ("dns",), "timeout", _seconds, 5.0)
         admin_listen = c.field(
@@ -381,7 +435,7 @@ class _Builder:
         limits = self.limits(top.get("limits"))
         upstream = self.upstream(top.get("upstream"))
         jump = self.jump(top.get("jump"))
-        pac = c.mapping(top.get("pac"), ("pac",), {"domains"})
+        pac = c.mapping(top.get("pac"), ("pac",), _known("pac"))
         pac_domains = []
         for i, domain in enumerate(c.items(pac.get("domains"), ("pac", "domains"))):
             if not isinstance(domain, str) or not _DOMAIN_RE.fullmatch(domain):
@@ -417,18 +471,7 @@ class _Builder:
 
     def jump(self, value: Any) -> JumpConfig:
         c, path, d = self.c, ("jump",), JumpConfig()
-        known = {
-            "group",
-            "home_base",
-            "state_dir",
-            "keys_dir",
-            "audit_log",
-            "rsa_min_bits",
-            "ports",
-            "gate",
-            "permit_open_limit",
-        }
-        section = c.mapping(value, path, known)
+        section = c.mapping(value, path, _known(*path))
         group = c.field(section, path, "group", _unix_name, d.group)
         ports = []
         for i, item in enumerate(c.items(section.get("ports", list(d.ports)), (*path, "ports"))):
@@ -456,20 +499,16 @@ class _Builder:
 
     def limits(self, value: Any) -> Limits:
         c, path, default = self.c, ("limits",), Limits()
-        section = c.mapping(
-            value,
-            path,
-            {"auth_failures", "max_header_bytes", "max_connections_per_source", "idle_timeout"},
-        )
-        bucket_names = ("per_source", "per_user", "per_user_total")
+        section = c.mapping(value, path, _known(*path))
+        bucket_names = ("per_source", "per_user", "per_user_total")  # ThrottleLimits' order
         failures = c.mapping(
-            section.get("auth_failures"), (*path, "auth_failures"), set(bucket_names)
+            section.get("auth_failures"), (*path, "auth_failures"), _known(*path, "auth_failures")
         )
         buckets = []
         for key in bucket_names:
             fallback: BucketSpec = getattr(default.auth_failures, key)
             where: KeyPath = (*path, "auth_failures", key)
-            spec = c.mapping(failures.get(key), where, {"burst", "per_minute"})
+            spec = c.mapping(failures.get(key), where, _known(*path, "auth_failures", key))
             burst = c.field(spec, where, "burst", _integer(1, 100_000), fallback.burst)
             rate = c.field(spec, where, "per_minute", _rate, fallback.per_minute)
             buckets.append(BucketSpec(burst or fallback.burst, rate or fallback.per_minute))
@@ -493,14 +532,14 @@ class _Builder:
 
     def upstream(self, value: Any) -> UpstreamConfig:
         c, path, default = self.c, ("upstream",), UpstreamConfig()
-        section = c.mapping(value, path, {"connect_timeout", "read_timeout"})
+        section = c.mapping(value, path, _known(*path))
         connect = c.field(section, path, "connect_timeout", _seconds, default.connect_timeout)
         read = c.field(section, path, "read_timeout", _seconds, default.read_timeout)
         return UpstreamConfig(connect or default.connect_timeout, read or default.read_timeout)
 
     def access_log(self, value: Any) -> AccessLogConfig:
         c, path = self.c, ("access_log",)
-        section = c.mapping(value, path, {"path", "format"})
+        section = c.mapping(value, path, _known(*path))
         target = c.field(section, path, "path", _string, "-")
         fmt = c.field(section, path, "format", _choice("squid", "json"), "squid")
         file = None if target in (None, "-") else self.path(target)
@@ -511,9 +550,7 @@ class _Builder:
         if value is None:
             c.error(path, "required (users_file and nonce_secret_file)")
             return None
-        auth = c.mapping(
-            value, path, {"users_file", "nonce_secret_file", "nonce_lifetime", "algorithms"}
-        )
+        auth = c.mapping(value, path, _known(*path))
         users_file = c.field(auth, path, "users_file", self.path, required=True)
         secret_file = c.field(auth, path, "nonce_secret_file", self.path, required=True)
         lifetime = c.field(auth, path, "nonce_lifetime", _integer(1, 86400), 300)
@@ -560,7 +597,7 @@ class _Builder:
         self, value: Any, zones: dict[str, netaddr.IPSet]
     ) -> dict[str, TrustedSource]:
         c, out = self.c, {}
-        known = {"name", "cidr", "owner", "reason", "expires", "allow_broad"}
+        known = _known("trusted_sources")
         for i, item in enumerate(c.items(value, ("trusted_sources",))):
             path: KeyPath = ("trusted_sources", i)
             entry = c.mapping(item, path, known)
@@ -646,7 +683,7 @@ class _Builder:
         c, rules, names = self.c, [], set()
         for i, item in enumerate(c.items(value, ("rules",))):
             path: KeyPath = ("rules", i)
-            r = c.mapping(item, path, {"name", "from", "to", "ports", "auth", "allow_broad"})
+            r = c.mapping(item, path, _known("rules"))
             if not r:
                 if isinstance(item, dict):
                     c.error(path, "empty rule")
