@@ -173,3 +173,143 @@ def _idle_check(entry: dict[str, Any] | None) -> str:
         return "n/a"
     errors = sum(r.get("errors", 0) for r in entry["rounds"])
     return f"errors {errors}"
+
+
+# proxyd's own cost: (target, reference) on the same engine; and the -O effect.
+ENGINE_PAIRS: list[tuple[str, str]] = [
+    ("proxyd", "bare"),
+    ("proxyd-digest", "bare"),
+    ("proxyd-O", "bare-O"),
+    ("proxyd-O-digest", "bare-O"),
+    ("proxyd-O", "proxyd"),
+    ("proxyd-O-digest", "proxyd-digest"),
+    ("bare-O", "bare"),
+]
+# Issue 13's targets, reported and never asserted: GET with Digest at least GET_FLOOR x
+# the bare engine's req/s, and p50 at one connection at most P50_ALLOWANCE_MS above it.
+GOAL_PAIRS: list[tuple[str, str]] = [("proxyd-digest", "bare"), ("proxyd-O-digest", "bare-O")]
+GET_FLOOR = 0.9
+P50_ALLOWANCE_MS = 0.3
+
+
+def _pairs(results: dict[str, Any], pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(a, b) for a, b in pairs if a in results["targets"] and b in results["targets"]]
+
+
+def _valid(results: dict[str, Any], workload: str, *targets: str) -> bool:
+    entries = [results["workloads"][workload].get(t, {}) for t in targets]
+    return all(e.get("summary", {}).get("valid", False) for e in entries)
+
+
+def engine_table(results: dict[str, Any]) -> str:
+    """Ratios of medians for ENGINE_PAIRS, plus p50/p99 at c=1 as a difference in ms."""
+    targets = results["targets"]
+    pairs = _pairs(results, ENGINE_PAIRS)
+    if not pairs:
+        return "(no bare engine or -O targets in this run)"
+    header = [f"{targets[a]['label']} ÷ {targets[b]['label']}" for a, b in pairs]
+    lines = ["| workload | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
+    for workload, metric, label, _ in _rows(results):
+        cells = []
+        for a, b in pairs:
+            mine, theirs = (
+                _median(results, workload, a, metric),
+                _median(results, workload, b, metric),
+            )
+            text = _ratio(mine, theirs)
+            if text != "—" and not _valid(results, workload, a, b):
+                text += " INVALID"
+            cells.append(text)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if "latency_c1" in results["workloads"]:
+        for pct in ("p50", "p99"):
+            cells = []
+            for a, b in pairs:
+                mine = _median(results, "latency_c1", a, f"{pct}_ms")
+                theirs = _median(results, "latency_c1", b, f"{pct}_ms")
+                cells.append("—" if mine is None or theirs is None else f"{mine - theirs:+.3f}")
+            lines.append(f"| latency {pct} at c=1, difference, ms | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 13's targets for each of GOAL_PAIRS present: figures, ratio, met or not."""
+    out: list[dict[str, Any]] = []
+    workloads = results["workloads"]
+    for a, b in _pairs(results, GOAL_PAIRS):
+        for workload in workloads:
+            if not workload.startswith("get_c"):
+                continue
+            mine = _median(results, workload, a, "rps")
+            theirs = _median(results, workload, b, "rps")
+            ratio = mine / theirs if mine is not None and theirs else None
+            out.append(
+                {
+                    "check": f"{workload} rps >= {GET_FLOOR} x reference",
+                    "workload": workload,
+                    "target": a,
+                    "reference": b,
+                    "value": mine,
+                    "reference_value": theirs,
+                    "ratio": ratio,
+                    "met": ratio is not None and ratio >= GET_FLOOR,
+                    "valid": _valid(results, workload, a, b),
+                }
+            )
+        if "latency_c1" in workloads:
+            mine = _median(results, "latency_c1", a, "p50_ms")
+            theirs = _median(results, "latency_c1", b, "p50_ms")
+            added = mine - theirs if mine is not None and theirs is not None else None
+            out.append(
+                {
+                    "check": f"p50 at c=1 <= reference + {P50_ALLOWANCE_MS} ms",
+                    "workload": "latency_c1",
+                    "target": a,
+                    "reference": b,
+                    "value": mine,
+                    "reference_value": theirs,
+                    "added_ms": added,
+                    "met": added is not None and added <= P50_ALLOWANCE_MS,
+                    "valid": _valid(results, "latency_c1", a, b),
+                }
+            )
+    return out
+
+
+def goals_table(results: dict[str, Any]) -> str:
+    targets = results["targets"]
+    checks = results.get("goals") or goals(results)
+    pairs = _pairs(results, GOAL_PAIRS)
+    if not pairs:
+        return "(no bare engine in this run)"
+    header = [f"{targets[a]['label']} vs {targets[b]['label']}" for a, b in pairs]
+    lines = ["| target | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
+    by_row: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
+    for check in checks:
+        by_row.setdefault(check["workload"], {})[(check["target"], check["reference"])] = check
+    for workload, row in by_row.items():
+        if workload == "latency_c1":
+            label = f"latency p50 at c=1 ≤ reference + {P50_ALLOWANCE_MS:.3f} ms"
+        else:
+            label = f"GET req/s, c={workload[len('get_c') :]} ≥ {GET_FLOOR:.2f}x reference"
+        cells = []
+        for pair in pairs:
+            check = row.get(pair)
+            if check is None or check["value"] is None or check["reference_value"] is None:
+                cells.append("—")
+                continue
+            verdict = "met" if check["met"] else "NOT met"
+            if not check["valid"]:
+                verdict += ", INVALID run"
+            if workload == "latency_c1":
+                cells.append(
+                    f"{check['added_ms']:+.3f} ms ({check['value']:.3f} vs "
+                    f"{check['reference_value']:.3f}): {verdict}"
+                )
+            else:
+                cells.append(
+                    f"{check['ratio']:.2f}x ({check['value']:,.0f} vs "
+                    f"{check['reference_value']:,.0f}): {verdict}"
+                )
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

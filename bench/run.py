@@ -1,10 +1,12 @@
-"""`make bench`: proxyd side by side with Squid and with no proxy, in one run.
+"""`make bench`: proxyd side by side with Squid, a bare mitmproxy and no proxy, in one run.
 
     .venv/bin/python bench/run.py [--smoke] [--rounds N] [--duration S] [--out FILE]
 
-Starts nginx (1 KiB file) and a TCP sink/ping origin on 127.0.0.2, Squid and proxyd
-(each without auth and with Digest) on 127.0.0.1, then runs every workload against every
-target, rounds interleaved, and writes build/bench/results.json plus Markdown tables.
+Starts nginx (1 KiB file) and a TCP sink/ping origin on 127.0.0.2, then on 127.0.0.1:
+Squid and proxyd (each without auth and with Digest), proxyd again under `python -O`,
+and the bare mitmproxy engine (bare_engine.py, plain and -O). Runs every workload
+against every target, rounds interleaved, and writes build/bench/results.json plus
+Markdown tables.
 Must run as root (Squid switches to its `proxy` user). Loopback only; every wait bounded.
 """
 
@@ -69,6 +71,7 @@ class Target:
     workers: int = 1
     service: services.Service | None = None
     reference: str | None = None  # the Squid target its ratios are taken against
+    optimize: bool = False  # run under `python -O`
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -137,21 +140,41 @@ class Bench:
             self.targets.append(
                 Target(name, "Squid" + ("+digest" if auth else ""), auth, 1, service)
             )
-        workers = [1, 2] if services.proxyd_supports_workers() else [1]
-        if workers == [1]:
+        for optimize in (False, True):
+            name = "bare" + ("-O" if optimize else "")
+            service = services.start_bare_engine(
+                self.workdir / name, name, self.cpus.proxy, optimize=optimize
+            )
+            label = "bare mitmproxy" + (" -O" if optimize else "")
+            self.targets.append(Target(name, label, False, 1, service, "squid", optimize))
+        # (workers, under -O): the -O variants are single-worker (a supervisor's workers
+        # are started without -O).
+        variants = [(1, False), (1, True)]
+        if services.proxyd_supports_workers():
+            variants.append((2, False))
+        else:
             self.meta["notes"].append(
                 "proxyd --workers 2: not measured, `proxyd serve --help` lists no --workers"
             )
-        for count in workers:
+        for count, optimize in variants:
             for auth in (False, True):
-                name = "proxyd" + (f"-w{count}" if count > 1 else "") + ("-digest" if auth else "")
-                label = "proxyd" + (f" w{count}" if count > 1 else "") + ("+digest" if auth else "")
+                name = "proxyd" + ("-O" if optimize else "") + (f"-w{count}" if count > 1 else "")
+                label = "proxyd" + (" -O" if optimize else "") + (f" w{count}" if count > 1 else "")
+                name += "-digest" if auth else ""
+                label += "+digest" if auth else ""
                 cpus = self.cpus.proxy if count == 1 else None
                 service = services.start_proxyd(
-                    self.workdir / name, name, users, ports, auth=auth, workers=count, cpus=cpus
+                    self.workdir / name,
+                    name,
+                    users,
+                    ports,
+                    auth=auth,
+                    workers=count,
+                    cpus=cpus,
+                    optimize=optimize,
                 )
                 reference = "squid-digest" if auth else "squid"
-                self.targets.append(Target(name, label, auth, count, service, reference))
+                self.targets.append(Target(name, label, auth, count, service, reference, optimize))
         for target in self.targets:
             self.check(target)
 
@@ -494,13 +517,16 @@ def main(argv: Sequence[str] = sys.argv[1:]) -> int:
                 "auth": t.auth,
                 "workers": t.workers,
                 "reference": t.reference,
+                "optimize": t.optimize,
                 "pid": t.pid,
+                "argv": t.service.argv if t.service else None,
             }
             for t in bench.targets
         },
         "workloads": data,
         "valid": ok,
     }
+    results["goals"] = report.goals(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     print_report(results, args.out)
@@ -531,6 +557,7 @@ def meta(
             "nginx": services.version([services.NGINX, "-v"], r"nginx/(\S+)"),
             "wrk": services.version(["wrk", "-v"], r"wrk (\S+)"),
             "python": platform.python_version(),
+            "mitmproxy": mitmproxy_version(),
         },
         "notes": [
             *bench.meta["notes"],
@@ -542,16 +569,33 @@ def meta(
             "so idle RSS is a fresh process's; per-tunnel KiB is the slope between the two "
             "idle counts (per_tunnel_from_idle_KiB in the JSON: from idle)",
             "Squid digest: nonce_max_count 2e9 and check_nonce_count off (see services.py)",
+            "bare mitmproxy: bench/bare_engine.py, a mitmproxy master with only the proxy "
+            "server and proxyd's layer choice (HTTP proxy; CONNECT passed through, no TLS), "
+            "proxyd's engine options, no auth; proxyd ÷ bare is what proxyd's own code costs",
+            "-O: the same program under `python -O` (asserts and mitmproxy's `__debug__` "
+            "typechecks off)",
             "bulk: upload through the tunnel into a sink that counts bytes; every "
             f"{loadgen.CYCLE >> 20} MiB transfer is acknowledged with its byte count and checked",
         ],
     }
 
 
+def mitmproxy_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("mitmproxy")
+    except Exception:  # a bench without mitmproxy still reports the rest
+        return "unknown"
+
+
 def print_report(results: dict[str, Any], out: Path) -> None:
     m, c = results["meta"], results["config"]
     print()
     print(f"## proxyd bench ({'smoke' if m['smoke'] else 'full'}) — {m['date']}, {m['host']}")
+    print()
+    v = m["versions"]
+    print(f"Python {v['python']}, mitmproxy {v.get('mitmproxy', '?')}, Squid {v['squid']}")
     print()
     print(
         f"{c['rounds']} round(s) x {c['duration_s']} s per timed workload, targets interleaved; "
@@ -564,9 +608,17 @@ def print_report(results: dict[str, Any], out: Path) -> None:
     print()
     print(report.results_table(results))
     print()
-    print("Ratios of medians (proxyd ÷ Squid with the same auth; proxyd ÷ direct):")
+    print("Ratios of medians (each proxy ÷ Squid with the same auth; ÷ direct):")
     print()
     print(report.ratio_table(results))
+    print()
+    print("proxyd's own cost and the -O effect (ratios of medians, same engine version):")
+    print()
+    print(report.engine_table(results))
+    print()
+    print("Issue 13 targets (reported, not asserted):")
+    print()
+    print(report.goals_table(results))
     print()
     print("Generator and proxy CPU (cores busy, median), errors (sum over rounds):")
     print()

@@ -1,4 +1,5 @@
-"""The processes under test and behind it: nginx, the TCP origin, Squid and proxyd.
+"""The processes under test and behind it: nginx, the TCP origin, Squid, the bare
+mitmproxy engine (bare_engine.py) and proxyd.
 
 Every start waits with a deadline and every stop escalates SIGTERM -> SIGKILL, so a
 broken component fails the bench instead of hanging it. All listen on loopback only.
@@ -319,12 +320,29 @@ def start_proxyd(
     auth: bool,
     workers: int,
     cpus: set[int] | None,
+    optimize: bool = False,
 ) -> Service:
+    """`proxyd serve`; `optimize`: the same entry point under `python -O` (no asserts,
+    and mitmproxy's per-message typechecks behind `__debug__` are skipped)."""
     directory.mkdir(mode=0o755)
     port = free_port(PROXY_HOST)
     config = directory / "config.yaml"
     _write_proxyd_config(config, users, PROXY_HOST, port, ports, auth=auth)
     argv = [str(PROXYD), "serve", "--config", str(config)]
+    if optimize:
+        argv = [sys.executable, "-O", *argv]
     if workers > 1:
         argv += ["--workers", str(workers)]
     return _spawn(name, pinned(argv, cpus), directory / "proxyd.out", (PROXY_HOST, port), directory)
+
+
+def start_bare_engine(
+    directory: Path, name: str, cpus: set[int] | None, *, optimize: bool = False
+) -> Service:
+    """bare_engine.py: a mitmproxy master with only plain proxying (no auth, no policy),
+    on the venv's mitmproxy, with proxyd's engine options."""
+    directory.mkdir(mode=0o755)
+    port = free_port(PROXY_HOST)
+    script = str(Path(__file__).with_name("bare_engine.py"))
+    argv = [sys.executable, *(["-O"] if optimize else []), script, PROXY_HOST, str(port)]
+    return _spawn(name, pinned(argv, cpus), directory / "engine.out", (PROXY_HOST, port), directory)

@@ -25,7 +25,7 @@ COMPONENTS = {
     "digest_file_auth": "/usr/lib/squid/digest_file_auth",
     "taskset": "taskset",
 }
-TIMEOUT = 240  # the smoke takes ~40 s; a hang must not eat the suite's time
+TIMEOUT = 240  # the smoke takes ~90 s; a hang must not eat the suite's time
 
 
 def _require_components() -> None:
@@ -72,6 +72,7 @@ def test_every_workload_for_every_target(smoke: dict[str, Any]) -> None:
     assert set(smoke["workloads"]) == expected
     targets = set(smoke["targets"])
     assert {"direct", "squid", "squid-digest", "proxyd", "proxyd-digest"} <= targets
+    assert {"bare", "bare-O", "proxyd-O", "proxyd-O-digest"} <= targets
     for workload in expected:
         assert set(smoke["workloads"][workload]) == targets, workload
         for target in targets:
@@ -105,10 +106,41 @@ def test_proxies_answered_correctly(smoke: dict[str, Any]) -> None:
             assert r["errors"] == 0 and r["open"] == smoke["config"]["idle_counts"][1], r
 
 
+def test_optimized_variants_run_under_dash_o(smoke: dict[str, Any]) -> None:
+    """The -O targets are the same programs with -O; the others are not optimized."""
+    for name, info in smoke["targets"].items():
+        if info["argv"] is None:
+            continue
+        optimized = "-O" in info["argv"]
+        assert optimized == info["optimize"] == name.endswith(("-O", "-O-digest")), (name, info)
+        program = {"bare": "bare_engine.py", "proxyd": "proxyd"}.get(name.split("-")[0])
+        if program is not None:
+            assert any(arg.endswith(program) for arg in info["argv"]), (name, info["argv"])
+
+
 def test_report_printed(smoke: dict[str, Any]) -> None:
     stdout = smoke["stdout"]
-    assert "| workload | direct | Squid | Squid+digest | proxyd | proxyd+digest" in stdout
+    header = (
+        "| workload | direct | Squid | Squid+digest | bare mitmproxy | bare mitmproxy -O "
+        "| proxyd | proxyd+digest | proxyd -O | proxyd -O+digest"
+    )
+    assert header in stdout
     assert "proxyd ÷ Squid" in stdout
+    # proxyd's own cost against the bare engine, and the -O effect.
+    for ratio in (
+        "proxyd+digest ÷ bare mitmproxy",
+        "proxyd -O+digest ÷ bare mitmproxy -O",
+        "proxyd -O+digest ÷ proxyd+digest",
+    ):
+        assert ratio in stdout
+    # Issue 13's targets are reported for every GET level and the c=1 p50, never asserted.
+    goals = smoke["goals"]
+    levels = smoke["config"]["get_levels"]
+    for target, reference in (("proxyd-digest", "bare"), ("proxyd-O-digest", "bare-O")):
+        mine = [g for g in goals if (g["target"], g["reference"]) == (target, reference)]
+        assert {g["workload"] for g in mine} == {f"get_c{c}" for c in levels} | {"latency_c1"}
+        assert all(isinstance(g["met"], bool) for g in mine)
+    assert "Issue 13 targets" in stdout and "GET req/s, c=1 ≥ 0.90x reference" in stdout
     assert "CPU: " in stdout
     workers = any(t["workers"] > 1 for t in smoke["targets"].values())
     assert workers or "lists no --workers" in stdout
