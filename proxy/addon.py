@@ -20,8 +20,8 @@ from mitmproxy.proxy import commands, events, layer, layers
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers.http import HTTPMode
 from mitmproxy.proxy.mode_specs import RegularMode
-from mitmproxy.proxy.server import ConnectionHandler
 
+from . import mitm_internals as engine
 from . import splice
 from .accesslog import AccessRecord
 from .admission import (
@@ -35,10 +35,10 @@ from .admission import (
     ServeLocal,
     printable,
 )
-from .engine import Proxyserver
 from .executors.resolver import ResolveError
 from .guard import ADMITTED, Admitted, internal_error_response
 from .metrics import Metrics
+from .mitm_internals import ConnectionHandler, Proxyserver
 from .recorder import Recorder
 from .runtime import Runtime
 from .takeover import TAKEOVER_AFTER, Takeover
@@ -134,8 +134,7 @@ class CountingTunnel(layers.TCPLayer):
                 # and the server's reply would be lost. The server's own end still ends the
                 # whole tunnel, as in Squid: a client that never closes holds nothing open.
                 handler = self.find_handler()
-                if handler is not None:
-                    handler.close_connection(command.connection, half_close=True)
+                if handler is not None and engine.close(handler, command.connection, half=True):
                     continue
             yield command
         exchange = self.exchange
@@ -168,7 +167,7 @@ class TunnelLayers:
     def __init__(self, tunnels: dict[str, Exchange], server: Proxyserver, metrics: Metrics) -> None:
         self.tunnels = tunnels
         self.metrics = metrics
-        self.server = server  # its `connections` map leads a tunnel to its handler
+        self.server = server  # leads a tunnel to its connection handler
         self.pipes = splice.PipePool()
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
@@ -189,7 +188,7 @@ class TunnelLayers:
             return
         client_id = context.client.id
         nextlayer.layer = CountingTunnel(
-            context, exchange, lambda: self.server.connections.get(client_id), self.pipes
+            context, exchange, lambda: engine.handler_of(self.server, client_id), self.pipes
         )
 
     def done(self) -> None:

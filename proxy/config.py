@@ -147,7 +147,7 @@ class Limits:
     max_connections_per_source: int = 512
     # A client connection (keep-alive or tunnel) with no byte either way for this long is
     # closed; one that stops reading what it was sent is aborted as long after.
-    idle_timeout: float = 600.0
+    idle_timeout: int = 600
 
 
 @dataclass(frozen=True)
@@ -522,7 +522,7 @@ class _Builder:
             _integer(1, 1_000_000),
             default.max_connections_per_source,
         )
-        idle = c.field(section, path, "idle_timeout", _seconds_up_to(86400), default.idle_timeout)
+        idle = c.field(section, path, "idle_timeout", _integer(1, 86400), default.idle_timeout)
         return Limits(
             ThrottleLimits(*buckets),
             header_bytes or default.max_header_bytes,

@@ -30,3 +30,7 @@ class AuthFailure(ProxydError):
 
 class BadDestination(ProxydError):
     """The request target is not a usable host:port (400)."""
+
+
+class UnsupportedEngine(ProxydError):
+    """The installed mitmproxy is not the series proxyd's reach-ins were validated on."""

@@ -1,17 +1,11 @@
-"""A bound on the size of a request head, which mitmproxy 11.0 does not have.
+"""A bound on the size of a request head, which mitmproxy does not have.
 
 mitmproxy buffers a request head until it sees the blank line, however long that takes:
-one client sending an endless header can grow that buffer without limit. We wrap
-`Http1Server.read_headers` (pinned: mitmproxy 11.0.x) to answer 431 and close once the
-buffered head passes the limit.
+one client sending an endless header can grow that buffer without limit. The engine's
+reader (`mitm_internals`) asks `head_too_large` on every read and answers 431 and closes.
 """
 
 from __future__ import annotations
-
-from mitmproxy.proxy import commands, events, layer
-from mitmproxy.proxy.layers.http import _http1
-
-_original_read_headers = _http1.Http1Server.read_headers
 
 
 class HeaderLimit:
@@ -27,24 +21,10 @@ def head_too_large(buffered: bytes | bytearray, limit: int) -> bool:
     return end == -1
 
 
-def _read_headers_bounded(
-    self: _http1.Http1Server, event: events.ConnectionEvent
-) -> layer.CommandGenerator[None]:
-    if isinstance(event, events.DataReceived) and head_too_large(self.buf._data, HeaderLimit.bytes):
-        body = f"proxyd: request header fields larger than {HeaderLimit.bytes} bytes\n"
-        yield commands.SendData(
-            self.conn,
-            (
-                "HTTP/1.1 431 Request Header Fields Too Large\r\n"
-                "Content-Type: text/plain; charset=utf-8\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}"
-            ).encode(),
-        )
-        yield commands.CloseConnection(self.conn)
-        self.state = self.done
-        return
-    yield from _original_read_headers(self, event)
-
-
-def install() -> None:
-    _http1.Http1Server.read_headers = _read_headers_bounded  # type: ignore[method-assign]
+def too_large_answer(limit: int) -> bytes:
+    body = f"proxyd: request header fields larger than {limit} bytes\n"
+    return (
+        "HTTP/1.1 431 Request Header Fields Too Large\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}"
+    ).encode()

@@ -16,49 +16,23 @@ from pathlib import Path
 from typing import Any
 
 from mitmproxy import options
-from mitmproxy.proxy import mode_servers
 
 from . import config as config_mod
 from . import headerlimit
 from .addon import Exchange, ProxydAddon, TunnelLayers
 from .addresses import format_hostport
 from .admin import AdminServer
-from .engine import Master, Proxyserver
 from .errors import ConfigError
 from .executors.files import atomic_write
 from .executors.logfile import LogFile
 from .guard import EngineGuard
 from .metrics import Metrics, register_process_metrics
+from .mitm_internals import Listener, Master, Proxyserver
 from .recorder import Recorder
 from .runtime import Runtime, build_runtime
 from .workers import WorkerRole
 
 log = logging.getLogger("proxyd")
-
-LISTEN_BACKLOG = 1024  # mitmproxy's asyncio default is 100: bursts of tunnels overflow it
-# Under `serve --workers N` every worker binds the same port; the kernel spreads
-# connections across them.
-LISTEN_REUSE_PORT = False
-
-
-async def _listen_with_backlog(
-    self: mode_servers.RegularInstance, host: str, port: int
-) -> list[asyncio.Server]:
-    # Replaces AsyncioServerInstance.listen for regular mode (pinned: mitmproxy 11.0.x) to
-    # set the backlog; mitmproxy's own dual-stack port-0 workaround is not needed here.
-    server = await asyncio.start_server(
-        self.handle_stream,
-        host or None,
-        port,
-        backlog=LISTEN_BACKLOG,
-        reuse_address=True,
-        reuse_port=LISTEN_REUSE_PORT or None,
-    )
-    return [server]
-
-
-headerlimit.install()
-mode_servers.RegularInstance.listen = _listen_with_backlog  # type: ignore[method-assign,assignment]
 
 
 class Lifecycle:
@@ -171,7 +145,7 @@ class Lifecycle:
                 log.warning("reload: a new %s takes effect on restart only", what)
         self.addon.swap(runtime)
         self.count_user_reloads(runtime)
-        headerlimit.HeaderLimit.bytes = new.limits.max_header_bytes
+        apply_limits(new)
         self.metrics.reloads.labels("config", "ok").inc()
         log.info("config reloaded from %s", self.config_path)
 
@@ -184,7 +158,6 @@ def build_master(
 ) -> tuple[Master, Lifecycle]:
     """The master with exactly proxyd's addons. Needs a running event loop."""
     cfg = runtime.config
-    headerlimit.HeaderLimit.bytes = cfg.limits.max_header_bytes
     opts = options.Options()
     master = Master(opts)
     metrics = Metrics()
@@ -207,7 +180,18 @@ def build_master(
         http2=False,
         stream_large_bodies="1m",  # never hold a large upload or download in memory
     )
+    apply_limits(cfg)
     return master, lifecycle
+
+
+def apply_limits(cfg: config_mod.Config) -> None:
+    """The limits the engine reads outside proxyd's hooks, at start and on reload (new
+    connections get the new ones)."""
+    from mitmproxy import ctx
+
+    headerlimit.HeaderLimit.bytes = cfg.limits.max_header_bytes
+    Listener.linger = cfg.limits.idle_timeout
+    ctx.options.update(tcp_timeout=cfg.limits.idle_timeout)
 
 
 async def serve(
@@ -216,8 +200,7 @@ async def serve(
     first_run_hint: bool = False,
     role: WorkerRole | None = None,
 ) -> int:
-    global LISTEN_REUSE_PORT
-    LISTEN_REUSE_PORT = role is not None
+    Listener.reuse_port = role is not None
     master, lifecycle = build_master(config_path, runtime, first_run_hint, role)
     loop = asyncio.get_running_loop()
     draining: list[asyncio.Task[None]] = []

@@ -5,8 +5,8 @@ stack (measured: 22% of a tunnel's CPU is per-chunk layer dispatch, 50% buffer c
 Once a tunnel has moved `TAKEOVER_AFTER` bytes, it is worth taking out of that path;
 short tunnels (a ping, a small HTTPS request) never pay for the takeover.
 
-The handover, without patching mitmproxy (pinned to 11.0.x; tests/integration/test_splice.py
-is the gate for an upgrade):
+The handover, without patching mitmproxy (what it relies on of mitmproxy's connection
+handler is in `mitm_internals`; tests/integration/test_splice.py is the gate for an upgrade):
 1. Pause reading on both transports and put a stand-in protocol in front of mitmproxy's
    stream protocol: it keeps whatever the transport still reads, in order.
 2. `feed_eof()` on both stream readers: mitmproxy delivers what it had already read
@@ -31,9 +31,10 @@ from collections.abc import Callable
 from typing import Any
 
 from mitmproxy import connection
-from mitmproxy.proxy.server import ConnectionHandler
 
+from . import mitm_internals as engine
 from . import splice
+from .mitm_internals import ConnectionHandler
 
 log = logging.getLogger("proxyd.tunnel")
 
@@ -109,15 +110,10 @@ class Takeover:
             return None
         streams = []
         for conn in (client, server):
-            io = handler.transports.get(conn)
-            if io is None or conn.state is connection.ConnectionState.CLOSED:
+            pair = engine.streams(handler, conn)
+            if pair is None or conn.state is connection.ConnectionState.CLOSED:
                 return None
-            reader, writer = io.reader, io.writer
-            if not isinstance(reader, asyncio.StreamReader) or not isinstance(
-                writer, asyncio.StreamWriter
-            ):
-                return None
-            transport = writer.transport
+            reader, transport = pair
             if transport.is_closing() or transport.get_extra_info("socket") is None:
                 return None
             streams.append((conn, reader, transport))
@@ -125,7 +121,6 @@ class Takeover:
             return None  # both ends have sent end-of-file: mitmproxy is closing it
         takeover = cls(handler, client, server, pipes, on_bytes)
         for conn, reader, transport in streams:
-            assert isinstance(transport, asyncio.Transport)
             transport.pause_reading()
             stand_in = _StandIn(transport.get_protocol(), takeover._on_lost)
             transport.set_protocol(stand_in)
@@ -167,8 +162,8 @@ class Takeover:
             log.warning("tunnel %s: relay could not start: %s", self.client.peername, e)
             error = e
         finally:
-            if not self.lost and self.client in self.handler.transports:
-                self.handler.close_connection(self.client)
+            if not self.lost:
+                engine.close(self.handler, self.client)
         if error is not None and not isinstance(error, ConnectionAbortedError):
             log.debug("tunnel %s ended: %s", self.client.peername, error)
 
@@ -182,10 +177,10 @@ class Takeover:
             return None
         client, server = (self.transports[c] for c in self.sides)
         up_kept, down_kept = (bytes(self.stand_ins[c].kept) for c in self.sides)
-        watchdog = self.handler.timeout_watchdog
+        handler = self.handler
 
         def on_bytes(up: bool, n: int) -> None:
-            watchdog.register_activity()  # a busy tunnel must not look idle to mitmproxy
+            engine.mark_active(handler)  # a busy tunnel must not look idle to mitmproxy
             self.on_bytes(up, n)
 
         client_socket = _own_duplicate(client)

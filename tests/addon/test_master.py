@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from proxy import config
-from proxy.master import LISTEN_BACKLOG, build_master
+from proxy.master import build_master
+from proxy.mitm_internals import Listener
 from proxy.runtime import build_runtime
 
 CONFIG = """
@@ -62,11 +63,11 @@ def test_listener_backlog_is_raised(runtime) -> None:
         finally:
             await ps.servers.update([])
 
-    assert asyncio.run(backlog()) == LISTEN_BACKLOG
+    assert asyncio.run(backlog()) == Listener.backlog
 
 
 def test_mitmproxys_default_addons_are_never_imported() -> None:
-    """proxy.engine imports the proxy server alone (14.5 MB of RSS saved per process)."""
+    """proxy.mitm_internals imports the proxy server alone (14.5 MB of RSS saved per process)."""
     import sys
 
     code = (

@@ -1,0 +1,243 @@
+"""Every place proxyd reaches into mitmproxy beyond its addon API, in one module.
+
+Each reach-in below names the mitmproxy internal it relies on. They were validated on the
+series in `SUPPORTED_SERIES` by tests/integration/test_splice.py, test_limits.py,
+test_workers.py, test_upstream_timeouts.py and tests/addon/test_master.py, the gates for an
+upgrade; importing this module with another series installed fails at once (`proxyd serve`
+exits with the message) instead of at the first request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import sys
+import types
+from collections.abc import Callable
+from typing import Any
+
+from mitmproxy import version as _version
+
+from .errors import UnsupportedEngine
+from .headerlimit import HeaderLimit, head_too_large, too_large_answer
+
+SUPPORTED_SERIES = "12.3"
+
+
+def check_version(found: str) -> None:
+    if found.split(".")[:2] != SUPPORTED_SERIES.split("."):
+        raise UnsupportedEngine(
+            f"proxyd needs mitmproxy {SUPPORTED_SERIES}.x, and {found} is installed: "
+            "reinstall proxyd (pip install .) to get the version it was tested with"
+        )
+
+
+check_version(_version.VERSION)
+
+
+def _register_addons_package_only() -> None:
+    """Relies on: `mitmproxy/addons/__init__.py` only importing every default addon (the
+    web UI's flask app, onboarding, playback, ...) for mitmdump's list; nothing in the core
+    uses the names it defines. Registering the package without running it lets the proxy
+    server addon be imported alone: 14.5 MB less RSS and 0.4 s less start-up per process."""
+    if "mitmproxy.addons" in sys.modules:
+        return  # already imported whole (a test, or a caller that needs mitmdump's set)
+    spec = importlib.util.find_spec("mitmproxy")
+    if spec is None or spec.origin is None:
+        return  # no mitmproxy: the import below fails with its own clear error
+    package = types.ModuleType("mitmproxy.addons")
+    package.__path__ = [os.path.join(os.path.dirname(spec.origin), "addons")]
+    sys.modules["mitmproxy.addons"] = package
+
+
+_register_addons_package_only()
+
+from mitmproxy import connection  # noqa: E402
+from mitmproxy.addons.proxyserver import Proxyserver  # noqa: E402
+from mitmproxy.master import Master  # noqa: E402
+from mitmproxy.proxy import commands, events, layer, mode_servers  # noqa: E402
+from mitmproxy.proxy.layers.http import _http1  # noqa: E402
+from mitmproxy.proxy.layers.http._events import ResponseProtocolError  # noqa: E402
+from mitmproxy.proxy.server import ConnectionHandler  # noqa: E402
+
+__all__ = ["ConnectionHandler", "Master", "Proxyserver"]
+
+
+# --- the listener --------------------------------------------------------------------------
+
+
+class Listener:
+    """Settings of the replaced `RegularInstance.listen`, set before the engine starts."""
+
+    backlog = 1024  # asyncio's default of 100 overflows in bursts of tunnels
+    reuse_port = False  # `serve --workers N`: every worker binds the same port
+    linger = 600.0  # limits.idle_timeout: how long a closed client may take to read the rest
+
+
+async def _listen(self: mode_servers.RegularInstance, host: str, port: int) -> list[asyncio.Server]:
+    """Replaces `AsyncioServerInstance.listen` for regular mode. Relies on: the instance's
+    `handle_stream(reader, writer)` serving one client connection to its end; mitmproxy's
+    own dual-stack port-0 workaround is not needed here."""
+
+    async def serve_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await self.handle_stream(reader, writer)
+        finally:
+            await release(writer.transport, Listener.linger)
+
+    server = await asyncio.start_server(
+        serve_client,
+        host or None,
+        port,
+        backlog=Listener.backlog,
+        reuse_address=True,
+        reuse_port=Listener.reuse_port or None,
+    )
+    return [server]
+
+
+async def release(transport: asyncio.BaseTransport, linger: float) -> None:
+    """Frees a client socket that mitmproxy is done with. mitmproxy ends a connection with
+    `writer.close()`, which asyncio completes only once its write buffer is empty: a client
+    that stopped reading would hold its socket forever, outside every connection count.
+    While the client still reads, it gets the rest; after `linger` seconds without progress
+    (or at shutdown) the socket is aborted."""
+    if not isinstance(transport, asyncio.WriteTransport):
+        return
+    if not transport.is_closing():
+        transport.close()
+    step = min(1.0, linger / 4)
+    left, still = transport.get_write_buffer_size(), 0.0
+    try:
+        while left:
+            await asyncio.sleep(step)
+            now = transport.get_write_buffer_size()
+            still = still + step if now >= left else 0.0
+            left = now
+            if left and still >= linger:
+                transport.abort()
+                return
+    except asyncio.CancelledError:
+        transport.abort()
+        raise
+
+
+# --- the HTTP/1 server side -------------------------------------------------------------------
+
+_original_read_headers = _http1.Http1Server.read_headers
+_original_send = _http1.Http1Server.send
+
+
+def _read_headers_bounded(
+    self: _http1.Http1Server, event: events.ConnectionEvent
+) -> layer.CommandGenerator[None]:
+    """Wraps `Http1Server.read_headers`. Relies on: `self.buf._data` holding the unparsed
+    head, and `self.state = self.done` ending the server side after a close."""
+    if isinstance(event, events.DataReceived) and head_too_large(self.buf._data, HeaderLimit.bytes):
+        yield commands.SendData(self.conn, too_large_answer(HeaderLimit.bytes))
+        yield commands.CloseConnection(self.conn)
+        self.state = self.done
+        return
+    yield from _original_read_headers(self, event)
+
+
+ErrorAnswer = Callable[[connection.Client, int, str], bytes]
+
+
+class ErrorAnswers:
+    """Who writes the answer to a request mitmproxy could not complete (set by the addon)."""
+
+    make: ErrorAnswer | None = None
+
+
+def _send_with_proxyd_errors(self: _http1.Http1Server, event: Any) -> layer.CommandGenerator[None]:
+    """Wraps `Http1Server.send`. Relies on: a `ResponseProtocolError` sent to the client
+    side being answered (when nothing of a response was sent yet and the client can still be
+    written to) with an error page of `event.code.http_status_code()`, then a close. The
+    page becomes proxyd's, written from what proxyd knows of the flow (the `error` hook ran
+    just before); mitmproxy's HTML page names mitmproxy and its own options."""
+    make = ErrorAnswers.make
+    if (
+        make is not None
+        and isinstance(event, ResponseProtocolError)
+        and self.conn.state & connection.ConnectionState.CAN_WRITE
+        and not self.response
+        and (status := event.code.http_status_code()) is not None
+    ):
+        assert isinstance(self.conn, connection.Client)
+        yield commands.SendData(self.conn, make(self.conn, status, event.message))
+        yield commands.CloseConnection(self.conn)
+        return
+    yield from _original_send(self, event)
+
+
+# --- connection handlers ----------------------------------------------------------------------
+
+
+def handler_of(server: Proxyserver, client_id: str) -> ConnectionHandler | None:
+    """Relies on: `Proxyserver.connections`, the live handlers by client connection id."""
+    handler: ConnectionHandler | None = server.connections.get(client_id)
+    return handler
+
+
+def close(handler: ConnectionHandler, conn: connection.Connection, half: bool = False) -> bool:
+    """Relies on: `ConnectionHandler.close_connection` (a half-close writes end-of-file and
+    keeps reading; a full close cancels the connection's task, which ends in one
+    `ConnectionClosed` event). False if the connection is not (or no longer) open."""
+    if conn not in handler.transports:
+        return False
+    handler.close_connection(conn, half_close=half)
+    return True
+
+
+def streams(
+    handler: ConnectionHandler, conn: connection.Connection
+) -> tuple[asyncio.StreamReader, asyncio.Transport] | None:
+    """Relies on: `ConnectionHandler.transports[conn]` holding the asyncio stream pair the
+    handler reads with (`reader.read` until end-of-file, then one close event)."""
+    io = handler.transports.get(conn)
+    if io is None:
+        return None
+    reader, writer = io.reader, io.writer
+    if not isinstance(reader, asyncio.StreamReader) or not isinstance(writer, asyncio.StreamWriter):
+        return None
+    transport = writer.transport
+    if not isinstance(transport, asyncio.Transport):
+        return None
+    return reader, transport
+
+
+def owns(handler: ConnectionHandler, conn: connection.Connection) -> bool:
+    return conn in handler.transports
+
+
+def mark_active(handler: ConnectionHandler) -> None:
+    """Relies on: `ConnectionHandler.timeout_watchdog`, which closes a connection that has
+    seen no event for `tcp_timeout`; bytes moved outside mitmproxy must count as activity."""
+    handler.timeout_watchdog.register_activity()
+
+
+def cancel_connect_after(
+    server: connection.Server, seconds: float, message: str
+) -> asyncio.TimerHandle:
+    """Call from the `server_connect` hook. Relies on: `ConnectionHandler.open_connection`
+    running that hook in the task that then calls `asyncio.open_connection`, and answering a
+    cancellation there as a failed connect whose error is the cancel message."""
+    task = asyncio.current_task()
+    assert task is not None
+
+    def expire() -> None:
+        if server.timestamp_tcp_setup is None:
+            task.cancel(message)
+
+    return asyncio.get_running_loop().call_later(seconds, expire)
+
+
+def install() -> None:
+    mode_servers.RegularInstance.listen = _listen  # type: ignore[method-assign,assignment]
+    _http1.Http1Server.read_headers = _read_headers_bounded  # type: ignore[method-assign]
+    _http1.Http1Server.send = _send_with_proxyd_errors  # type: ignore[method-assign]
+
+
+install()
