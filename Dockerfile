@@ -5,9 +5,11 @@
 # The config is /etc/proxyd/proxyd.yaml (deploy/container/proxyd.yaml; mount your own over
 # it). The users file and the nonce secret are in /etc/proxyd/auth, a mounted volume.
 
-# Stage 1: install proxyd and its dependencies into a venv. Every dependency ships wheels
-# for CPython 3.11 on manylinux, so no compiler is needed; pip's caches stay in this stage.
-FROM python:3.11-slim AS build
+# Stage 1: install proxyd and its dependencies into a venv. Every dependency, mitmproxy's
+# own included, ships manylinux wheels that CPython 3.13 installs (cp313, abi3 or pure
+# py3; checked on x86_64), so no compiler (build-essential) is needed; pip's caches stay
+# in this stage.
+FROM python:3.13-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 WORKDIR /src
@@ -17,8 +19,8 @@ RUN python -m venv /opt/proxyd \
     && /opt/proxyd/bin/pip install --no-cache-dir /src
 
 # Stage 2: the runtime, the same base image: the venv's python is a symlink to
-# /usr/local/bin/python3.11, which must exist at the same path here.
-FROM python:3.11-slim
+# /usr/local/bin/python3.13, which must exist at the same path here.
+FROM python:3.13-slim
 ENV PATH=/opt/proxyd/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1

@@ -1,6 +1,6 @@
 """The container's HEALTHCHECK: GET the admin listener's /healthz; exit 0 if it says 200.
 
-python:3.11-slim has no curl or wget, and the image should not grow one for a probe, so
+python:3.13-slim has no curl or wget, and the image should not grow one for a probe, so
 this is the standard library only. It talks to the admin listener directly: urllib's
 default opener would honour an HTTP_PROXY set in the container's environment.
 

@@ -133,12 +133,12 @@ def test_hadolint_really_lints() -> None:
     assert proc.returncode != 0 and "DL3007" in proc.stdout, proc.stdout
 
 
-def test_stages_are_python_311_slim_and_the_runtime_is_not_root(
+def test_stages_are_python_313_slim_and_the_runtime_is_not_root(
     instructions: list[Instruction],
 ) -> None:
     stages = [i.args.split() for i in instructions if i.keyword == "FROM"]
     assert len(stages) >= 2, "multi-stage: a build stage and a runtime stage"
-    assert all(stage[0] == "python:3.11-slim" for stage in stages), stages
+    assert all(stage[0] == "python:3.13-slim" for stage in stages), stages
     runtime = instructions[max(n for n, i in enumerate(instructions) if i.keyword == "FROM") :]
     users = [i.args for i in runtime if i.keyword == "USER"]
     assert users, "the runtime stage sets USER"
