@@ -9,6 +9,7 @@ upstream connection goes to the address the policy checked, never to a name reso
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import time
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mitmproxy import connection, http
-from mitmproxy.proxy import commands, events, layer, layers
+from mitmproxy.proxy import commands, events, layer, layers, server_hooks
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers.http import HTTPMode
 from mitmproxy.proxy.mode_specs import RegularMode
@@ -36,12 +37,13 @@ from .admission import (
     printable,
 )
 from .executors.resolver import ResolveError
-from .guard import ADMITTED, Admitted, internal_error_response
+from .guard import ADMITTED, NOT_ADMITTED, Admitted, internal_error_response
 from .metrics import Metrics
 from .mitm_internals import ConnectionHandler, Proxyserver
 from .recorder import Recorder
 from .runtime import Runtime
 from .takeover import TAKEOVER_AFTER, Takeover
+from .upstream import CONNECT_TIMEOUT, classify, explain
 
 log = logging.getLogger("proxyd")
 
@@ -63,6 +65,7 @@ class Exchange:
     bytes_down: int = 0
     status: int = 200
     content_type: str | None = field(default=None)
+    read_timed_out: bool = False
 
     # Stream callbacks for bodies mitmproxy streams instead of buffering.
     def count_up(self, chunk: bytes) -> bytes:
@@ -196,10 +199,23 @@ class TunnelLayers:
 
 
 class ProxydAddon:
-    def __init__(self, runtime: Runtime, recorder: Recorder, tunnels: dict[str, Exchange]) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        recorder: Recorder,
+        tunnels: dict[str, Exchange],
+        server: Proxyserver,
+    ) -> None:
         self.runtime = runtime
         self.recorder = recorder
         self.tunnels = tunnels  # by client connection id: one tunnel per connection
+        self.server = server
+        # Upstream timeouts: connect timers by server connection id; the one plain request
+        # per client connection (HTTP/1) awaiting its response head, by client id; and the
+        # answer the `error` hook chose for the engine to send, by client id.
+        self.connect_timers: dict[str, asyncio.TimerHandle] = {}
+        self.response_waits: dict[str, asyncio.TimerHandle] = {}
+        self.error_answers: dict[str, tuple[int, str]] = {}
         # Abuse state outlives reloads; a reload only changes the limits.
         self.admission = Admission(runtime.config.limits.auth_failures)
         self.connections: collections.Counter[str] = collections.Counter()
@@ -327,7 +343,9 @@ class ProxydAddon:
         if ask.is_connect:
             self.tunnels[flow.client_conn.id] = exchange
             self.recorder.metrics.tunnels_active.inc()
-        elif request.stream:
+        elif request.stream or "content-length" not in request.headers:
+            # A body of unknown length streams from the first byte, counted (see
+            # responseheaders); a request without a body has nothing to stream.
             request.stream = exchange.count_up
 
     def _serve_local(
@@ -396,11 +414,19 @@ class ProxydAddon:
     # --- the end of admitted requests and tunnels ---------------------------------------
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
+        self._stop_waiting(flow.client_conn.id)
         exchange = flow.metadata.get("proxyd")
-        if isinstance(exchange, Exchange) and flow.response is not None and flow.response.stream:
-            flow.response.stream = exchange.count_down
+        response = flow.response
+        if not isinstance(exchange, Exchange) or response is None:
+            return
+        if response.stream or "content-length" not in response.headers:
+            # Streamed from the first byte, and counted: a body of unknown length (chunked,
+            # or until close) would otherwise be buffered up to stream_large_bodies and then
+            # streamed by the engine without passing any callback of ours.
+            response.stream = exchange.count_down
 
     def response(self, flow: http.HTTPFlow) -> None:
+        self._stop_waiting(flow.client_conn.id)
         exchange = flow.metadata.get("proxyd")
         if not isinstance(exchange, Exchange) or exchange.method == "CONNECT":
             return
@@ -414,10 +440,88 @@ class ProxydAddon:
         self.recorder.record(exchange.record(now), decision="allow")
 
     def error(self, flow: http.HTTPFlow) -> None:
+        """A plain request the engine could not complete. Runs before the engine answers
+        the client, so the answer it sends (`error_answer`) is the one chosen here."""
+        client_id = flow.client_conn.id
+        self._stop_waiting(client_id)
         exchange = flow.metadata.get("proxyd")
-        if isinstance(exchange, Exchange) and exchange.method != "CONNECT":
-            exchange.status = flow.response.status_code if flow.response else 502
-            self.recorder.record(exchange.record(time.time()), decision="allow")
+        if not isinstance(exchange, Exchange) or exchange.method == "CONNECT":
+            return
+        if flow.response is not None:
+            exchange.status = flow.response.status_code
+        else:
+            message = flow.error.msg if flow.error else ""
+            connected = flow.server_conn.timestamp_tcp_setup is not None
+            exchange.status, reason = self._upstream_failure(
+                flow.request.host, flow.request.port, message, connected, exchange.read_timed_out
+            )
+            self.error_answers[client_id] = (exchange.status, reason)
+        self.recorder.record(exchange.record(time.time()), decision="allow")
+
+    def error_answer(self, client: connection.Client, status: int, message: str) -> tuple[int, str]:
+        """What the engine sends for a request it could not complete (mitm_internals)."""
+        return self.error_answers.pop(client.id, None) or (status, printable(message))
+
+    def _upstream_failure(
+        self, host: str, port: int, message: str, connected: bool, read_timed_out: bool
+    ) -> tuple[int, str]:
+        if message == NOT_ADMITTED:  # the guard's refusal in server_connect
+            return 500, "internal error"
+        upstream = self.runtime.config.upstream
+        return explain(
+            classify(message, connected=connected, read_timed_out=read_timed_out),
+            host,
+            port,
+            message,
+            connect_timeout=upstream.connect_timeout,
+            read_timeout=upstream.read_timeout,
+        )
+
+    # --- upstream timeouts ------------------------------------------------------------
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        if data.server.error is None:
+            self.connect_timers[data.server.id] = engine.cancel_connect_after(
+                data.server, self.runtime.config.upstream.connect_timeout, CONNECT_TIMEOUT
+            )
+
+    def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
+        if (timer := self.connect_timers.pop(data.server.id, None)) is not None:
+            timer.cancel()
+
+    def server_connect_error(self, data: server_hooks.ServerConnectionHookData) -> None:
+        self.server_connected(data)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        """The whole request has been read (and, streamed, sent): its response may now
+        take up to `upstream.read_timeout` to start."""
+        exchange = flow.metadata.get("proxyd")
+        if isinstance(exchange, Exchange) and exchange.method != "CONNECT" and not flow.response:
+            self._await_response(flow, exchange)
+
+    def _await_response(self, flow: http.HTTPFlow, exchange: Exchange) -> None:
+        self._stop_waiting(flow.client_conn.id)
+        self.response_waits[flow.client_conn.id] = asyncio.get_running_loop().call_later(
+            self.runtime.config.upstream.read_timeout, self._no_response, flow, exchange
+        )
+
+    def _no_response(self, flow: http.HTTPFlow, exchange: Exchange) -> None:
+        self.response_waits.pop(flow.client_conn.id, None)
+        server = flow.server_conn
+        if not server.connected:
+            # Still connecting (the connect timeout has that) or not yet sent: the read
+            # timeout counts from a request that has reached a connected upstream.
+            if flow.live and server.error is None:
+                self._await_response(flow, exchange)
+            return
+        handler = engine.handler_of(self.server, flow.client_conn.id)
+        exchange.read_timed_out = True
+        if handler is None or not engine.close(handler, server):
+            exchange.read_timed_out = False
+
+    def _stop_waiting(self, client_id: str) -> None:
+        if (timer := self.response_waits.pop(client_id, None)) is not None:
+            timer.cancel()
 
     def http_connected(self, flow: http.HTTPFlow) -> None:
         exchange = flow.metadata.get("proxyd")
@@ -426,10 +530,23 @@ class ProxydAddon:
 
     def http_connect_error(self, flow: http.HTTPFlow) -> None:
         exchange = self.tunnels.get(flow.client_conn.id)
-        if exchange is not None and flow.response is not None:
-            exchange.status = flow.response.status_code  # upstream unreachable: 502
+        if exchange is None or flow.response is None:
+            return
+        message = flow.server_conn.error
+        if message is not None:  # the upstream connection failed: say why, in proxyd's words
+            status, reason = self._upstream_failure(
+                flow.request.host, flow.request.port, message, False, False
+            )
+            flow.response = http.Response.make(
+                status,
+                f"proxyd: {reason}\n",
+                {"Content-Type": "text/plain; charset=utf-8"},
+            )
+        exchange.status = flow.response.status_code
 
     def client_disconnected(self, client: connection.Client) -> None:
+        self._stop_waiting(client.id)
+        self.error_answers.pop(client.id, None)
         if client.id in self.over_limit:
             self.over_limit.discard(client.id)
         else:

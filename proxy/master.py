@@ -27,7 +27,7 @@ from .executors.files import atomic_write
 from .executors.logfile import LogFile
 from .guard import EngineGuard
 from .metrics import Metrics, register_process_metrics
-from .mitm_internals import Listener, Master, Proxyserver
+from .mitm_internals import ErrorAnswers, Listener, Master, Proxyserver
 from .recorder import Recorder
 from .runtime import Runtime, build_runtime
 from .workers import WorkerRole
@@ -165,10 +165,12 @@ def build_master(
         register_process_metrics(metrics.registry, lambda: len(addon.runtime.users))
     access_log = LogFile(cfg.access_log.path)
     tunnels: dict[str, Exchange] = {}
-    addon = ProxydAddon(runtime, Recorder(metrics, access_log, cfg.access_log.format), tunnels)
+    server = Proxyserver()
+    recorder = Recorder(metrics, access_log, cfg.access_log.format)
+    addon = ProxydAddon(runtime, recorder, tunnels, server)
+    ErrorAnswers.make = addon.error_answer
     lifecycle = Lifecycle(config_path, addon, first_run_hint, access_log, role)
     lifecycle.count_user_reloads(runtime)
-    server = Proxyserver()
     # The guard comes after the addon: its hooks see what the gate decided, and check it.
     guard = EngineGuard(metrics)
     master.addons.add(server, TunnelLayers(tunnels, server, metrics), addon, guard, lifecycle)

@@ -10,8 +10,11 @@ exits with the message) instead of at the first request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import os
+import socket
+import struct
 import sys
 import types
 from collections.abc import Callable
@@ -53,9 +56,10 @@ def _register_addons_package_only() -> None:
 
 _register_addons_package_only()
 
-from mitmproxy import connection  # noqa: E402
+from mitmproxy import connection, http  # noqa: E402
 from mitmproxy.addons.proxyserver import Proxyserver  # noqa: E402
 from mitmproxy.master import Master  # noqa: E402
+from mitmproxy.net.http import http1  # noqa: E402
 from mitmproxy.proxy import commands, events, layer, mode_servers  # noqa: E402
 from mitmproxy.proxy.layers.http import _http1  # noqa: E402
 from mitmproxy.proxy.layers.http._events import ResponseProtocolError  # noqa: E402
@@ -116,11 +120,21 @@ async def release(transport: asyncio.BaseTransport, linger: float) -> None:
             still = still + step if now >= left else 0.0
             left = now
             if left and still >= linger:
-                transport.abort()
+                _reset(transport)
                 return
     except asyncio.CancelledError:
-        transport.abort()
+        _reset(transport)
         raise
+
+
+def _reset(transport: asyncio.WriteTransport) -> None:
+    """Abort with a reset: a plain close would leave the kernel holding the unsent bytes
+    (FIN-WAIT-1 against a zero window) for minutes more."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 # --- the HTTP/1 server side -------------------------------------------------------------------
@@ -142,7 +156,7 @@ def _read_headers_bounded(
     yield from _original_read_headers(self, event)
 
 
-ErrorAnswer = Callable[[connection.Client, int, str], bytes]
+ErrorAnswer = Callable[[connection.Client, int, str], tuple[int, str]]
 
 
 class ErrorAnswers:
@@ -166,7 +180,13 @@ def _send_with_proxyd_errors(self: _http1.Http1Server, event: Any) -> layer.Comm
         and (status := event.code.http_status_code()) is not None
     ):
         assert isinstance(self.conn, connection.Client)
-        yield commands.SendData(self.conn, make(self.conn, status, event.message))
+        status, reason = make(self.conn, status, event.message)
+        answer = http.Response.make(
+            status,
+            f"proxyd: {reason}\n",
+            {"Content-Type": "text/plain; charset=utf-8", "Connection": "close"},
+        )
+        yield commands.SendData(self.conn, http1.assemble_response(answer))
         yield commands.CloseConnection(self.conn)
         return
     yield from _original_send(self, event)
