@@ -21,7 +21,10 @@ RUN python -m venv /opt/proxyd \
 # Stage 2: the runtime, the same base image: the venv's python is a symlink to
 # /usr/local/bin/python3.13, which must exist at the same path here.
 FROM python:3.13-slim
+# PYTHONOPTIMIZE: mitmproxy's per-message typechecks sit behind __debug__ (measured: 14-24%
+# more requests/s); proxyd asserts only invariants, never input. Inherited by --workers' processes.
 ENV PATH=/opt/proxyd/bin:$PATH \
+    PYTHONOPTIMIZE=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 # A fixed uid/gid (10001), so a bind-mounted /etc/proxyd/auth can be chowned on the host

@@ -1,10 +1,11 @@
 """Jump-host accounts, sans-IO: names, the key line, plans of steps, the sshd block, and the
 forced command's grammar. The executors in `executors/accounts.py` carry the steps out.
 
-A jump account is a real Unix user in the managed group: password locked, one key in
-`authorized_keys`, expiring twice over (the account's expiry date and the key's
-`expiry-time`). Where it may connect comes from the proxy policy's rules for partners
-(`Policy.open_to_anyone`), restricted to `jump.ports`: one policy, not a copy.
+A jump account is a real Unix user in the managed group: password locked, one key line in
+`jump.keys_dir/NAME` (root's, read through sshd's `AuthorizedKeysFile`), expiring twice
+over (the account's expiry date and the key's `expiry-time`). Where it may connect comes
+from the proxy policy's rules for partners (`Policy.open_to_anyone`), restricted to
+`jump.ports`: one policy, not a copy.
 """
 
 from __future__ import annotations
