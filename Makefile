@@ -1,7 +1,8 @@
 # proxyd: the two set-up commands are `make run` and `make test` (as root on Debian).
 SHELL := /bin/bash
 # The Python the venv is made from: .ci/find-python picks one >= 3.12 (PYTHON=… overrides).
-VENV := .venv
+# VENV=… gives a second venv beside it (.ci/run tests the other supported Python that way).
+VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= config/proxyd.yaml
 
