@@ -6,6 +6,8 @@ every connection, imports only this and hashlib.
 
 from __future__ import annotations
 
+import re
+
 from .errors import MalformedCredentials
 
 # auth-param = token BWS "=" BWS ( token / quoted-string ); params are comma separated.
@@ -48,8 +50,43 @@ def _quoted_string(text: str, i: int) -> tuple[str, int]:
     raise MalformedCredentials("unterminated quoted string")
 
 
+# The same grammar as one compiled pattern per list element, for speed (a header is parsed
+# on every request and every CONNECT): the scanner below stays the reference and the one
+# that explains a refusal, and tests/core/test_authparams.py holds the two to each other.
+_TCHARS_RE = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_CTL = r"\x00-\x08\x0a-\x1f\x7f"
+_ELEMENT = re.compile(
+    rf"({_TCHARS_RE})[ \t]*=[ \t]*"
+    rf'(?:"((?:[^"\\{_CTL}]|\\[^{_CTL}])*)"|({_TCHARS_RE}))'
+    r"[ \t]*(?:,[ \t,]*|\Z)"
+)
+_QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
+
+
 def parse_auth_params(text: str) -> dict[str, str]:
     """Parse `a=b, c="d"` into a dict with lower-cased names; duplicates are an error."""
+    params: dict[str, str] = {}
+    i = len(text) - len(text.lstrip(" \t,"))  # empty list elements are allowed, leading too
+    end = len(text)
+    while i < end:
+        element = _ELEMENT.match(text, i)
+        if element is None:
+            return _scan_auth_params(text)  # raises, saying where and why
+        name, quoted, token = element.groups()
+        key = name.lower()
+        if key in params:
+            raise MalformedCredentials(f"parameter {key!r} given twice")
+        if token is not None:
+            params[key] = token
+        elif "\\" in quoted:
+            params[key] = _QUOTED_PAIR.sub(r"\1", quoted)
+        else:
+            params[key] = quoted
+        i = element.end()
+    return params
+
+
+def _scan_auth_params(text: str) -> dict[str, str]:
     params: dict[str, str] = {}
     i = _skip_ows(text, 0)
     while i < len(text) and text[i] == ",":  # empty list elements are allowed, leading too
