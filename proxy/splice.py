@@ -166,6 +166,11 @@ class _Direction:
         if self.in_pipe:
             self._wait_writable()
         else:
+            # The budget ran out with the pipe just emptied: hand it back, since this
+            # direction may stay idle from here on (the invariant the pool relies on).
+            if self.pipe is not None:
+                self.relay.pool.give(self.pipe, empty=True)
+                self.pipe = None
             self._wait_readable()
 
     def _count(self, n: int) -> None:

@@ -123,6 +123,33 @@ def test_an_idle_tunnel_holds_no_pipe_and_a_slow_reader_holds_one() -> None:
     run(scenario)
 
 
+def test_a_direction_whose_budget_runs_out_as_its_pipe_empties_hands_the_pipe_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One wake-up moves exactly one pipe's worth and spends the whole budget on it: the
+    # pump leaves its loop with an empty pipe, which must go back to the pool there and
+    # then (the direction may stay idle for hours).
+    monkeypatch.setattr(splice, "TURN_BUDGET", 65536)
+
+    async def scenario() -> None:
+        pool = splice.PipePool(size=65536)
+        t = Tunnel(pool)
+        t.server_end.setblocking(True)
+        t.server_end.sendall(b"y" * 65536)  # waiting in the socket before the relay starts
+        t.server_end.setblocking(False)
+        t.relay.start()
+        assert await read_to_end_after(t, 65536) == 65536
+        assert t.relay.down.in_pipe == 0
+        assert t.relay.down.pipe is None
+        t.server_end.shutdown(socket.SHUT_WR)
+        t.client_end.shutdown(socket.SHUT_WR)
+        assert await t.relay.done is None
+        t.close()
+        pool.close()
+
+    run(scenario)
+
+
 async def read_to_end_after(t: Tunnel, n: int) -> int:
     loop = asyncio.get_running_loop()
     total = 0
