@@ -121,15 +121,22 @@ class BulkStream:
         return {"bytes_sent": sent, "bytes_verified": verified}
 
 
+SETUP_SAMPLES = 50_000  # per worker: enough for a p50, bounded memory
+
+
 class TunnelChurn:
     """New tunnels in a loop: connect, CONNECT (+Digest), 200, PING/PONG, origin closes."""
 
     def __init__(self, endpoint: Endpoint, dest: tuple[str, int]) -> None:
         self.endpoint, self.dest = endpoint, dest
         self.signer = connect_signer(endpoint, dest)
+        self.setup_ms: list[float] = []  # connect to 200 (or to the socket, direct)
 
     def once(self) -> None:
+        begun = time.perf_counter()
         sock, pending = open_tunnel(self.endpoint, self.dest, self.signer)
+        if len(self.setup_ms) < SETUP_SAMPLES:
+            self.setup_ms.append((time.perf_counter() - begun) * 1000)
         with sock:
             sock.sendall(b"PING\n")
             line, pending = _read_line(sock, pending)
@@ -154,7 +161,13 @@ class TunnelChurn:
                 failures += 1
                 last_error = repr(error)
                 time.sleep(0.001)  # a refused connect must not spin
-        return {"ok": ok, "bad_status": statuses, "failures": failures, "last_error": last_error}
+        return {
+            "ok": ok,
+            "bad_status": statuses,
+            "failures": failures,
+            "last_error": last_error,
+            "setup_ms": self.setup_ms,
+        }
 
 
 def _cpu_self() -> float:

@@ -55,12 +55,12 @@ class Plan:
     duration: float  # seconds per timed workload
     get_levels: tuple[int, ...]
     bulk_streams: tuple[int, ...]
-    tunnel_workers: int
+    tunnel_workers: tuple[int, ...]
     idle_counts: tuple[int, int]
 
 
-FULL = Plan(3, 3.0, (1, 16, 64), (1, 4), 16, (500, 2000))
-SMOKE = Plan(1, 0.5, (1, 16, 64), (1, 4), 4, (20, 50))
+FULL = Plan(3, 3.0, (1, 16, 64), (1, 4), (1, 16), (500, 2000))
+SMOKE = Plan(1, 0.5, (1, 16, 64), (1, 4), (1, 4), (20, 50))
 
 
 @dataclass
@@ -294,9 +294,11 @@ class Bench:
                 statuses[str(status)] = statuses.get(str(status), 0) + count
         failures = sum(w["failures"] for w in result.workers)
         errors = failures + sum(statuses.values())
+        setup = sorted(ms for w in result.workers for ms in w["setup_ms"])
         return {
             "tunnels": ok,
             "per_s": ok / result.wall,
+            "setup_p50_ms": setup[len(setup) // 2] if setup else None,
             "bad_status": statuses,
             "failures": failures,
             "last_error": next((w["last_error"] for w in result.workers if w["last_error"]), ""),
@@ -350,8 +352,8 @@ class Bench:
             out.append((f"get_c{c}", functools.partial(self.get, connections=c)))
         for s in plan.bulk_streams:
             out.append((f"bulk_s{s}", functools.partial(self.bulk, streams=s)))
-        workers = plan.tunnel_workers
-        out.append((f"tunnels_w{workers}", functools.partial(self.tunnels, workers=workers)))
+        for workers in plan.tunnel_workers:
+            out.append((f"tunnels_w{workers}", functools.partial(self.tunnels, workers=workers)))
         out.append(("idle_tunnels", self.idle))
         return out
 
@@ -359,7 +361,7 @@ class Bench:
 METRICS = {
     "get_c": ("rps", "p50_ms", "p99_ms", "generator_cpu", "origin_cpu", "proxy_cpu"),
     "bulk_s": ("MBps", "cpu_s_per_GB", "generator_cpu", "origin_cpu", "proxy_cpu"),
-    "tunnels_w": ("per_s", "generator_cpu", "origin_cpu", "proxy_cpu"),
+    "tunnels_w": ("per_s", "setup_p50_ms", "generator_cpu", "origin_cpu", "proxy_cpu"),
     "idle_tunnels": (
         "rss_idle_MiB",
         "rss_first_MiB",
@@ -508,7 +510,7 @@ def main(argv: Sequence[str] = sys.argv[1:]) -> int:
             "duration_s": plan.duration,
             "get_levels": list(plan.get_levels),
             "bulk_streams": list(plan.bulk_streams),
-            "tunnel_workers": plan.tunnel_workers,
+            "tunnel_workers": list(plan.tunnel_workers),
             "idle_counts": list(plan.idle_counts),
         },
         "targets": {
@@ -527,6 +529,7 @@ def main(argv: Sequence[str] = sys.argv[1:]) -> int:
         "valid": ok,
     }
     results["goals"] = report.goals(results)
+    results["tunnel_goals"] = report.tunnel_goals(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     print_report(results, args.out)
@@ -619,6 +622,10 @@ def print_report(results: dict[str, Any], out: Path) -> None:
     print("Issue 13 targets (reported, not asserted):")
     print()
     print(report.goals_table(results))
+    print()
+    print("Issue 14 targets, tunnels on proxyd's own front (reported, not asserted):")
+    print()
+    print(report.tunnel_goals_table(results))
     print()
     print("Generator and proxy CPU (cores busy, median), errors (sum over rounds):")
     print()

@@ -28,11 +28,14 @@ class AccessRecord:
     content_type: str | None = None
 
 
+CLIENT_GONE = 499  # the client closed before the answer (nginx's code for it)
+
+
 def squid_code(record: AccessRecord) -> str:
     if record.status in (403, 407) or record.status == 429:
         return "TCP_DENIED"
     if record.method == "CONNECT":
-        return "TCP_TUNNEL"
+        return "TCP_TUNNEL_ABORTED" if record.status == CLIENT_GONE else "TCP_TUNNEL"
     return "TCP_MISS"
 
 

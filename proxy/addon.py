@@ -10,20 +10,16 @@ upstream connection goes to the address the policy checked, never to a name reso
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from mitmproxy import connection, http
 from mitmproxy.proxy import commands, events, layer, layers, server_hooks
-from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers.http import HTTPMode
 from mitmproxy.proxy.mode_specs import RegularMode
 
+from . import answers
 from . import mitm_internals as engine
-from . import splice
 from .accesslog import AccessRecord
 from .admission import (
     PAC_PATHS,
@@ -36,120 +32,19 @@ from .admission import (
     ServeLocal,
     printable,
 )
+from .connlimit import SourceCounts
 from .executors.resolver import ResolveError
 from .guard import ADMITTED, NOT_ADMITTED, Admitted, internal_error_response
 from .metrics import Metrics
-from .mitm_internals import ConnectionHandler, Proxyserver
+from .mitm_internals import Proxyserver
 from .recorder import Recorder
+from .records import Exchange, refusal_record, unjudged_record
 from .runtime import Runtime
-from .takeover import TAKEOVER_AFTER, Takeover
 from .upstream import CONNECT_TIMEOUT, classify, explain
 
 log = logging.getLogger("proxyd")
 
 HOP_BY_HOP_PROXY_HEADERS = ("Proxy-Authorization", "Proxy-Connection")
-
-
-@dataclass
-class Exchange:
-    """What proxyd knows of one admitted request or tunnel until it ends."""
-
-    started: float
-    client: str
-    user: str | None
-    method: str
-    target: str
-    rule: str | None
-    upstream: str
-    bytes_up: int = 0
-    bytes_down: int = 0
-    status: int = 200
-    content_type: str | None = field(default=None)
-    read_timed_out: bool = False
-
-    # Stream callbacks for bodies mitmproxy streams instead of buffering.
-    def count_up(self, chunk: bytes) -> bytes:
-        self.bytes_up += len(chunk)
-        return chunk
-
-    def count_down(self, chunk: bytes) -> bytes:
-        self.bytes_down += len(chunk)
-        return chunk
-
-    def count(self, up: bool, n: int) -> None:
-        if up:
-            self.bytes_up += n
-        else:
-            self.bytes_down += n
-
-    def record(self, now: float) -> AccessRecord:
-        return AccessRecord(
-            time=now,
-            duration_ms=int((now - self.started) * 1000),
-            client=self.client,
-            user=self.user,
-            method=self.method,
-            target=self.target,
-            status=self.status,
-            bytes_up=self.bytes_up,
-            bytes_down=self.bytes_down,
-            rule=self.rule,
-            auth="ok" if self.user else "none",
-            upstream=self.upstream,
-            content_type=self.content_type,
-        )
-
-
-class CountingTunnel(layers.TCPLayer):
-    """A passthrough tunnel that counts the bytes it relays (mitmproxy's ignored TCP layer
-    fires no hooks, so nothing else could), keeps a client's half-close, and hands itself to the
-    splice relay once it has carried `TAKEOVER_AFTER` bytes."""
-
-    def __init__(
-        self,
-        context: Context,
-        exchange: Exchange,
-        find_handler: Callable[[], ConnectionHandler | None],
-        pipes: splice.PipePool,
-    ) -> None:
-        super().__init__(context, ignore=True)
-        self.exchange = exchange
-        self.find_handler = find_handler
-        self.pipes = pipes
-        self.takeover: Takeover | None = None
-        self.tried_takeover = False
-
-    def handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
-        if self.takeover is not None and isinstance(event, events.ConnectionClosed):
-            # Not the peer's end: the marker that mitmproxy has delivered all it read.
-            self.takeover.drained(event.connection)
-            return
-        if isinstance(event, events.DataReceived):
-            self.exchange.count(event.connection is self.context.client, len(event.data))
-        for command in super().handle_event(event):
-            if (
-                isinstance(command, commands.CloseTcpConnection)
-                and command.half_close
-                and command.connection is self.context.server
-            ):
-                # The client has sent end-of-file (`ssh -N`, `nc -N`, a request then
-                # shutdown): mitmproxy's CONNECT passthrough would make this a full close,
-                # and the server's reply would be lost. The server's own end still ends the
-                # whole tunnel, as in Squid: a client that never closes holds nothing open.
-                handler = self.find_handler()
-                if handler is not None and engine.close(handler, command.connection, half=True):
-                    continue
-            yield command
-        exchange = self.exchange
-        if not self.tried_takeover and exchange.bytes_up + exchange.bytes_down >= TAKEOVER_AFTER:
-            self.tried_takeover = True
-            self.takeover = Takeover.begin(
-                self.find_handler(),
-                self.context.client,
-                self.context.server,
-                self.pipes,
-                exchange.count,
-            )
 
 
 class ClosedTunnel(layer.Layer):
@@ -167,11 +62,8 @@ class TunnelLayers:
 
     name = "nextlayer"
 
-    def __init__(self, tunnels: dict[str, Exchange], server: Proxyserver, metrics: Metrics) -> None:
-        self.tunnels = tunnels
+    def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
-        self.server = server  # leads a tunnel to its connection handler
-        self.pipes = splice.PipePool()
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
         if nextlayer.layer is not None:
@@ -181,21 +73,11 @@ class TunnelLayers:
             # The client's own connection: HTTP proxy protocol, plain text only.
             nextlayer.layer = layers.HttpLayer(context, HTTPMode.regular)
             return
-        # Inside an admitted CONNECT: bytes both ways, nothing parsed or decrypted.
-        exchange = self.tunnels.get(context.client.id)
-        if exchange is None:
-            # Default deny: a tunnel the gate did not admit is closed, never passed through.
-            nextlayer.layer = ClosedTunnel(context)
-            self.metrics.internal_errors.labels("guard").inc()
-            log.error("closed a tunnel from %s that was never admitted", context.client.peername[0])
-            return
-        client_id = context.client.id
-        nextlayer.layer = CountingTunnel(
-            context, exchange, lambda: engine.handler_of(self.server, client_id), self.pipes
-        )
-
-    def done(self) -> None:
-        self.pipes.close()
+        # Tunnels are the front's (front/tunnel.py): the engine admits none, so a tunnel
+        # here was never admitted. Default deny: closed, never passed through.
+        nextlayer.layer = ClosedTunnel(context)
+        self.metrics.internal_errors.labels("guard").inc()
+        log.error("closed a tunnel from %s that was never admitted", context.client.peername[0])
 
 
 class ProxydAddon:
@@ -208,7 +90,7 @@ class ProxydAddon:
     ) -> None:
         self.runtime = runtime
         self.recorder = recorder
-        self.tunnels = tunnels  # by client connection id: one tunnel per connection
+        self.tunnels = tunnels  # the front's open tunnels (drain waits for them)
         self.server = server
         # Upstream timeouts: connect timers by server connection id; the one plain request
         # per client connection (HTTP/1) awaiting its response head, by client id; and the
@@ -218,28 +100,30 @@ class ProxydAddon:
         self.error_answers: dict[str, tuple[int, str]] = {}
         # Abuse state outlives reloads; a reload only changes the limits.
         self.admission = Admission(runtime.config.limits.auth_failures)
-        self.connections: collections.Counter[str] = collections.Counter()
-        self.over_limit: set[str] = set()  # client ids refused for too many connections
+        self.counts = SourceCounts()  # kept by the listener, for both paths
 
     def swap(self, runtime: Runtime) -> None:
         """Install a fully built runtime (reload): one reference, never a half-built one."""
         self.runtime = runtime
         self.admission.throttle.update(runtime.config.limits.auth_failures)
 
-    # --- connections per source ---------------------------------------------------------
-
-    def client_connected(self, client: connection.Client) -> None:
-        source = client.peername[0]
-        if self.connections[source] >= self.runtime.config.limits.max_connections_per_source:
-            # Not counted; its first request gets a 429 (a clear answer, not a reset).
-            self.over_limit.add(client.id)
-        else:
-            self.connections[source] += 1
-
     # --- admission ----------------------------------------------------------------------
 
-    async def http_connect(self, flow: http.HTTPFlow) -> None:
-        await self._admit(flow)
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        """A CONNECT after plain requests on one connection (a CONNECT that opens one is
+        the front's). No client measured here does this; it is refused, not tunneled."""
+        if flow.response is not None:
+            return
+        for name in HOP_BY_HOP_PROXY_HEADERS:
+            flow.request.headers.pop(name, None)
+        ask = self._ask(flow, ())
+        refusal = Refuse(400, "send CONNECT as the first request of a connection", "bad_request")
+        body = refusal_response(flow, refusal, [])
+        if flow.response is not None:
+            flow.response.headers["Connection"] = "close"
+        self.recorder.record(
+            refusal_record(ask, refusal, len(body), time.time()), decision=refusal.decision
+        )
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.request.data.method != b"CONNECT":
@@ -276,20 +160,9 @@ class ProxydAddon:
             method = printable(request.data.method.decode("latin-1"))
             log.exception("internal error while admitting %s from %s: refused", method, peer)
             self.recorder.metrics.internal_errors.labels("admission").inc()
+            target = printable(request.data.authority.decode("latin-1") or request.host)
             self.recorder.record(
-                AccessRecord(
-                    time=time.time(),
-                    duration_ms=0,
-                    client=peer,
-                    user=None,
-                    method=method,
-                    target=printable(request.data.authority.decode("latin-1") or request.host),
-                    status=500,
-                    bytes_up=0,
-                    bytes_down=0,
-                    rule=None,
-                    auth="none",
-                ),
+                unjudged_record(peer, method, target, 500, time.time()),
                 decision="internal_error",
             )
 
@@ -308,7 +181,7 @@ class ProxydAddon:
             port=request.port,
             path=request.data.path,
             host_header=host_header[0] if len(host_header) == 1 else None,
-            over_connection_limit=client.id in self.over_limit,
+            over_connection_limit=client.peername in self.counts.over,
         )
 
     def _apply(
@@ -340,10 +213,7 @@ class ProxydAddon:
         request.data.port = admit.port
         flow.metadata["proxyd"] = exchange
         flow.metadata[ADMITTED] = Admitted(str(admit.address), admit.port)
-        if ask.is_connect:
-            self.tunnels[flow.client_conn.id] = exchange
-            self.recorder.metrics.tunnels_active.inc()
-        elif request.stream or "content-length" not in request.headers:
+        if request.stream or "content-length" not in request.headers:
             # A body of unknown length streams from the first byte, counted (see
             # responseheaders); a request without a body has nothing to stream.
             request.stream = exchange.count_up
@@ -394,24 +264,10 @@ class ProxydAddon:
         challenges = runtime.challenges(refusal.stale) if refusal.status == 407 else []
         body = refusal_response(flow, refusal, challenges)
         self.recorder.record(
-            AccessRecord(
-                time=time.time(),
-                duration_ms=0,
-                client=ask.peer,
-                user=refusal.user,
-                method=ask.display_method(),
-                target=ask.display_target(),
-                status=refusal.status,
-                bytes_up=0,
-                bytes_down=len(body),
-                rule=refusal.rule,
-                auth=refusal.auth,
-                content_type="text/plain",
-            ),
-            decision=refusal.decision,
+            refusal_record(ask, refusal, len(body), time.time()), decision=refusal.decision
         )
 
-    # --- the end of admitted requests and tunnels ---------------------------------------
+    # --- the end of admitted requests ----------------------------------------------------
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         self._stop_waiting(flow.client_conn.id)
@@ -523,41 +379,9 @@ class ProxydAddon:
         if (timer := self.response_waits.pop(client_id, None)) is not None:
             timer.cancel()
 
-    def http_connected(self, flow: http.HTTPFlow) -> None:
-        exchange = flow.metadata.get("proxyd")
-        if isinstance(exchange, Exchange):
-            self.recorder.metrics.tunnel_setup.observe(time.time() - exchange.started)
-
-    def http_connect_error(self, flow: http.HTTPFlow) -> None:
-        exchange = self.tunnels.get(flow.client_conn.id)
-        if exchange is None or flow.response is None:
-            return
-        message = flow.server_conn.error
-        if message is not None:  # the upstream connection failed: say why, in proxyd's words
-            status, reason = self._upstream_failure(
-                flow.request.host, flow.request.port, message, False, False
-            )
-            flow.response = http.Response.make(
-                status,
-                f"proxyd: {reason}\n",
-                {"Content-Type": "text/plain; charset=utf-8"},
-            )
-        exchange.status = flow.response.status_code
-
     def client_disconnected(self, client: connection.Client) -> None:
         self._stop_waiting(client.id)
         self.error_answers.pop(client.id, None)
-        if client.id in self.over_limit:
-            self.over_limit.discard(client.id)
-        else:
-            source = client.peername[0]
-            self.connections[source] -= 1
-            if self.connections[source] <= 0:
-                del self.connections[source]
-        exchange = self.tunnels.pop(client.id, None)
-        if exchange is not None:
-            self.recorder.metrics.tunnels_active.dec()
-            self.recorder.record(exchange.record(time.time()), decision="allow")
 
 
 def etag_matches(if_none_match: str | None, etag: str) -> bool:
@@ -571,15 +395,10 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
 def refusal_response(flow: http.HTTPFlow, refusal: Refuse, challenges: list[str]) -> bytes:
     """Answer `flow` with the refusal (its response is set first, before anything that
     could fail); returns the body sent."""
-    headers: list[tuple[bytes, bytes]] = [(b"Content-Type", b"text/plain; charset=utf-8")]
-    if refusal.status == 429:
-        headers.append((b"Retry-After", b"60"))
-        if refusal.cause == "connections":
-            headers.append((b"Connection", b"close"))
-    for value in challenges:
-        headers.append((b"Proxy-Authenticate", value.encode("ascii")))
-    body = f"proxyd: {refusal.reason}\n".encode("ascii", "backslashreplace")
-    flow.response = http.Response.make(refusal.status, body, headers)
+    body = answers.text_body(refusal.reason)
+    flow.response = http.Response.make(
+        refusal.status, body, answers.refusal_headers(refusal, challenges)
+    )
     if flow.request.stream:
         # mitmproxy can't answer early and stream the body; read it and drop it.
         flow.request.stream = False

@@ -125,9 +125,14 @@ class Admit:
     client: str
     user: str | None
     rule: str | None
-    address: IPAddress
+    addresses: tuple[IPAddress, ...]  # every one checked, in the resolver's order
     port: int
     target: str  # for the access log: host:port for CONNECT (a name as written), else the URL
+
+    @property
+    def address(self) -> IPAddress:
+        """The one address a single connection attempt goes to (plain HTTP)."""
+        return self.addresses[0]
 
 
 @dataclass(frozen=True)
@@ -305,7 +310,7 @@ class Admission:
             )
         if decision.verdict is Verdict.AUTH_REQUIRED:
             return Refuse(407, "authentication required", "no_credentials", rule=decision.rule)
-        return Admit(str(source), user, decision.rule, addresses[0], port, target)
+        return Admit(str(source), user, decision.rule, tuple(addresses), port, target)
 
 
 def header_target(raw: bytes) -> str:

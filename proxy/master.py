@@ -19,16 +19,18 @@ from mitmproxy import options
 
 from . import config as config_mod
 from . import headerlimit
-from .addon import Exchange, ProxydAddon, TunnelLayers
+from .addon import ProxydAddon, TunnelLayers
 from .addresses import format_hostport
 from .admin import AdminServer
 from .errors import ConfigError
 from .executors.files import atomic_write
 from .executors.logfile import LogFile
+from .front.tunnel import TunnelFront
 from .guard import EngineGuard
 from .metrics import Metrics, register_process_metrics
 from .mitm_internals import ErrorAnswers, Listener, Master, Proxyserver
 from .recorder import Recorder
+from .records import Exchange
 from .runtime import Runtime, build_runtime
 from .workers import WorkerRole
 
@@ -118,6 +120,11 @@ class Lifecycle:
 
     async def done(self) -> None:
         self.listening = False
+        for server in Listener.servers:
+            await server.end_connections()  # the front's: mitmproxy ends only its own
+        Listener.servers.clear()
+        if Listener.front is not None:
+            Listener.front.close()
         await self.admin.stop()
         self.access_log.close()
 
@@ -169,11 +176,14 @@ def build_master(
     recorder = Recorder(metrics, access_log, cfg.access_log.format)
     addon = ProxydAddon(runtime, recorder, tunnels, server)
     ErrorAnswers.make = addon.error_answer
+    Listener.front = TunnelFront(addon)
+    Listener.servers.clear()
+    Listener.on_pause = metrics.accept_pauses.inc
     lifecycle = Lifecycle(config_path, addon, first_run_hint, access_log, role)
     lifecycle.count_user_reloads(runtime)
     # The guard comes after the addon: its hooks see what the gate decided, and check it.
     guard = EngineGuard(metrics)
-    master.addons.add(server, TunnelLayers(tunnels, server, metrics), addon, guard, lifecycle)
+    master.addons.add(server, TunnelLayers(metrics), addon, guard, lifecycle)
     opts.update(
         mode=["regular"],
         listen_host=cfg.listen_host,

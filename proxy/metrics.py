@@ -67,6 +67,11 @@ class Metrics:
             ["where"],
             registry=r,
         )
+        self.accept_pauses = Counter(
+            "proxyd_accept_pauses",
+            "Times the proxy listener paused accepting (out of file descriptors, mostly)",
+            registry=r,
+        )
         self.reloads = Counter(
             "proxyd_reloads", "Config and users reloads", ["what", "result"], registry=r
         )

@@ -23,6 +23,8 @@ from typing import Any
 from mitmproxy import version as _version
 
 from .errors import UnsupportedEngine
+from .front.accept import FrontServer, bind
+from .front.tunnel import TunnelFront
 from .headerlimit import HeaderLimit, head_too_large, too_large_answer
 
 SUPPORTED_SERIES = "12.3"
@@ -77,28 +79,41 @@ class Listener:
     backlog = 1024  # asyncio's default of 100 overflows in bursts of tunnels
     reuse_port = False  # `serve --workers N`: every worker binds the same port
     linger = 600.0  # limits.idle_timeout: how long a closed client may take to read the rest
+    front: TunnelFront | None = None  # set by the master: every connection meets it first
+    servers: list[FrontServer] = []  # this process's listeners (the front cancels their tasks)
+    on_pause: Callable[[], None] = staticmethod(lambda: None)
 
 
 async def _listen(self: mode_servers.RegularInstance, host: str, port: int) -> list[asyncio.Server]:
-    """Replaces `AsyncioServerInstance.listen` for regular mode. Relies on: the instance's
-    `handle_stream(reader, writer)` serving one client connection to its end; mitmproxy's
-    own dual-stack port-0 workaround is not needed here."""
+    """Replaces `AsyncioServerInstance.listen` for regular mode: proxyd accepts, its front
+    sees each connection first (front/tunnel.py) and hands every request that is not a
+    CONNECT to the engine. Relies on: the instance's `handle_stream(reader, writer)` serving
+    one client connection to its end, and on the instance keeping what this returns only
+    to list its sockets (`.sockets`) and stop it (`.close()`)."""
+    front = Listener.front
+    if front is None:
+        raise RuntimeError("the tunnel front is not set up")
 
-    async def serve_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handoff(sock: socket.socket, already_read: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=2**16, loop=loop)
+        if already_read:
+            reader.feed_data(already_read)  # before the transport reads anything after it
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         try:
             await self.handle_stream(reader, writer)
         finally:
-            await release(writer.transport, Listener.linger)
+            await release(transport, Listener.linger)
 
-    server = await asyncio.start_server(
-        serve_client,
-        host or None,
-        port,
-        backlog=Listener.backlog,
-        reuse_address=True,
-        reuse_port=Listener.reuse_port or None,
-    )
-    return [server]
+    async def serve(sock: socket.socket, peer: Any) -> None:
+        await front.serve(sock, peer, handoff)
+
+    sockets = bind(host or None, port, Listener.backlog, Listener.reuse_port)
+    server = FrontServer(sockets, serve, Listener.on_pause)
+    Listener.servers.append(server)
+    return [server]  # type: ignore[list-item]
 
 
 async def release(transport: asyncio.BaseTransport, linger: float) -> None:
@@ -201,41 +216,14 @@ def handler_of(server: Proxyserver, client_id: str) -> ConnectionHandler | None:
     return handler
 
 
-def close(handler: ConnectionHandler, conn: connection.Connection, half: bool = False) -> bool:
-    """Relies on: `ConnectionHandler.close_connection` (a half-close writes end-of-file and
-    keeps reading; a full close cancels the connection's task, which ends in one
-    `ConnectionClosed` event). False if the connection is not (or no longer) open."""
+def close(handler: ConnectionHandler, conn: connection.Connection) -> bool:
+    """Relies on: `ConnectionHandler.close_connection` (a full close cancels the
+    connection's task, which ends in one `ConnectionClosed` event). False if the
+    connection is not (or no longer) open."""
     if conn not in handler.transports:
         return False
-    handler.close_connection(conn, half_close=half)
+    handler.close_connection(conn)
     return True
-
-
-def streams(
-    handler: ConnectionHandler, conn: connection.Connection
-) -> tuple[asyncio.StreamReader, asyncio.Transport] | None:
-    """Relies on: `ConnectionHandler.transports[conn]` holding the asyncio stream pair the
-    handler reads with (`reader.read` until end-of-file, then one close event)."""
-    io = handler.transports.get(conn)
-    if io is None:
-        return None
-    reader, writer = io.reader, io.writer
-    if not isinstance(reader, asyncio.StreamReader) or not isinstance(writer, asyncio.StreamWriter):
-        return None
-    transport = writer.transport
-    if not isinstance(transport, asyncio.Transport):
-        return None
-    return reader, transport
-
-
-def owns(handler: ConnectionHandler, conn: connection.Connection) -> bool:
-    return conn in handler.transports
-
-
-def mark_active(handler: ConnectionHandler) -> None:
-    """Relies on: `ConnectionHandler.timeout_watchdog`, which closes a connection that has
-    seen no event for `tcp_timeout`; bytes moved outside mitmproxy must count as activity."""
-    handler.timeout_watchdog.register_activity()
 
 
 def cancel_connect_after(

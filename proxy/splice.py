@@ -246,6 +246,10 @@ class Relay:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
         self._end(error)
 
+    def expire(self) -> None:
+        """The idle timeout: end the tunnel with a close on both sides."""
+        self._end(TimeoutError("tunnel idle"))
+
     def abort(self) -> None:
         """The sockets are going away under us: stop touching them."""
         self._end(ConnectionAbortedError("tunnel closed"))

@@ -74,10 +74,20 @@ class UpstreamProxy:
     async def request(
         self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
     ) -> Answer:
-        """Send with credentials and answer 407s; the first non-407 response comes back."""
+        """Send with credentials and answer 407s; the first non-407 response comes back.
+
+        A CONNECT opens a connection of its own, as curl and browsers do (proxyd serves a
+        tunnel only as the first request of a connection), and answers its 407 on it."""
         refused_once = False
+        tunnel = method == b"CONNECT"
+        retry_on: HttpConnection | None = None
         for _ in range(MAX_ATTEMPTS):
-            connection, pooled = await self._take()
+            if retry_on is not None:
+                connection, pooled, retry_on = retry_on, False, None
+            elif tunnel:
+                connection, pooled = await self._open(), False
+            else:
+                connection, pooled = await self._take()
             authorization = self.client.authorization(method.decode("ascii"), target.decode())
             sent_nonce = self.client.nonce if authorization else None
             sent = list(headers)
@@ -100,7 +110,10 @@ class UpstreamProxy:
                 ) from None
             if response.status_code != 407:
                 return Answer(response, connection)
-            await self._drain(connection)
+            if tunnel:
+                retry_on = await self._drained(connection)
+            else:
+                await self._drain(connection)
             self.challenges += 1
             values = [
                 v.decode("latin-1") for k, v in response.headers if k == b"proxy-authenticate"
@@ -130,6 +143,17 @@ class UpstreamProxy:
                 await self.release(connection)
                 return
         await connection.close()
+
+    async def _drained(self, connection: HttpConnection) -> HttpConnection | None:
+        """The connection after its 407's body, ready for the next request; None (and
+        closed) if it can't carry one."""
+        with contextlib.suppress(OSError, h11.ProtocolError, asyncio.TimeoutError):
+            body = await connection.read_body(1 << 20, self.connect_timeout)
+            if body is not None and connection.reusable():
+                connection.h11.start_next_cycle()
+                return connection
+        await connection.close()
+        return None
 
     async def close(self) -> None:
         while self._idle:

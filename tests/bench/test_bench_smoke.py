@@ -68,7 +68,8 @@ def test_every_workload_for_every_target(smoke: dict[str, Any]) -> None:
     config = smoke["config"]
     expected = {f"get_c{c}" for c in config["get_levels"]}
     expected |= {f"bulk_s{s}" for s in config["bulk_streams"]}
-    expected |= {f"tunnels_w{config['tunnel_workers']}", "idle_tunnels", "latency_c1"}
+    expected |= {f"tunnels_w{w}" for w in config["tunnel_workers"]}
+    expected |= {"idle_tunnels", "latency_c1"}
     assert set(smoke["workloads"]) == expected
     targets = set(smoke["targets"])
     assert {"direct", "squid", "squid-digest", "proxyd", "proxyd-digest"} <= targets
@@ -141,6 +142,11 @@ def test_report_printed(smoke: dict[str, Any]) -> None:
         assert {g["workload"] for g in mine} == {f"get_c{c}" for c in levels} | {"latency_c1"}
         assert all(isinstance(g["met"], bool) for g in mine)
     assert "Issue 13 targets" in stdout and "GET req/s, c=1 ≥ 0.90x reference" in stdout
+    # Issue 14's: the tunnel set-up rate and p50, bulk speed and CPU, RSS per idle tunnel.
+    tunnel_goals = {g["metric"]: g for g in smoke["tunnel_goals"]}
+    assert set(tunnel_goals) == {"per_s", "setup_p50_ms", "MBps", "cpu_s_per_GB", "per_tunnel_KiB"}
+    assert all(isinstance(g["met"], bool) for g in tunnel_goals.values())
+    assert "Issue 14 targets" in stdout and "CONNECT set-up p50, 1 client" in stdout
     assert "CPU: " in stdout
     workers = any(t["workers"] > 1 for t in smoke["targets"].values())
     assert workers or "lists no --workers" in stdout

@@ -173,7 +173,7 @@ def test_good_credentials_admit_to_the_checked_address(runtime: Runtime) -> None
         runtime, connect(f"{ORIGIN}:443", digest(runtime, "CONNECT", f"{ORIGIN}:443")), NOW
     )
     assert outcome == Admit(
-        "127.0.0.50", "alice", "partners", ipaddress.ip_address(ORIGIN), 443, f"{ORIGIN}:443"
+        "127.0.0.50", "alice", "partners", (ipaddress.ip_address(ORIGIN),), 443, f"{ORIGIN}:443"
     )
 
 

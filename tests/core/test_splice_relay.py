@@ -271,3 +271,28 @@ def test_bytes_left_in_the_pipe_when_a_turn_ends_still_arrive(
         pool.close()
 
     run(scenario)
+
+
+def test_no_descriptor_for_a_pipe_ends_the_tunnel_with_a_reset_and_the_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # EMFILE when the relay needs a pipe: the tunnel ends (as a reset on both sides, so no
+    # one mistakes it for a whole transfer) and `done` says why; nothing else breaks.
+    def out_of_descriptors(self: splice.PipePool) -> splice.Pipe:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(splice.PipePool, "take", out_of_descriptors)
+
+    async def scenario() -> None:
+        pool = splice.PipePool()
+        t = Tunnel(pool)
+        await send_all(t.server_end, b"data that finds no pipe")
+        t.relay.start()
+        error = await t.relay.done
+        assert isinstance(error, OSError) and error.errno == 24
+        with pytest.raises(ConnectionResetError):
+            await read_to_end(t.client_end)
+        t.close()
+        pool.close()
+
+    run(scenario)

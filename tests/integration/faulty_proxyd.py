@@ -8,12 +8,16 @@ lock still refuses. Nothing here is importable from proxyd itself.
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from proxy import addon, admission, guard
+from proxy.addresses import canonical_ip
 from proxy.cli.main import main
+from proxy.firstbytes import Path
+from proxy.front import tunnel
 
 
 def _raise(*_args: Any, **_kwargs: Any) -> Any:
@@ -36,6 +40,18 @@ def _patch(*changes: tuple[type, str, Any]) -> Callable[[], None]:
     return apply
 
 
+_begin = admission.Admission.begin
+
+
+def _admit_every_connect(self: Any, runtime: Any, ask: Any, now: float) -> Any:
+    """A core that admits every CONNECT to a literal address, credentials or not."""
+    if not ask.is_connect:
+        return _begin(self, runtime, ask, now)
+    host, port = admission.Admission._target(ask)
+    address = canonical_ip(ipaddress.ip_address(host))
+    return admission.Admit(ask.peer, None, None, (address,), port, f"{host}:{port}")
+
+
 FAULTS: dict[str, Callable[[], None]] = {
     # A bug inside the admission core: the boundary must turn it into a 500.
     "core-raises": _patch((admission.Admission, "begin", _raise)),
@@ -49,6 +65,13 @@ FAULTS: dict[str, Callable[[], None]] = {
     "guard-check-raises": _patch((guard.EngineGuard, "_check", _raise)),
     # The guard's connection check gone: only next_layer is left for tunnels.
     "guard-connect-off": _patch((guard.EngineGuard, "server_connect", _nothing)),
+    # The front's dispatch broken: every connection, CONNECTs included, goes to the engine,
+    # whose own locks must then hold.
+    "front-off": _patch((tunnel, "classify", lambda first: Path.ENGINE)),
+    # The front's core admits every CONNECT: only its second lock (the policy) is left.
+    "front-core-admits": _patch((admission.Admission, "begin", _admit_every_connect)),
+    # The front fails outside its boundary: the connection must close, unanswered.
+    "front-raises": _patch((tunnel.TunnelFront, "_connect", _raise_async)),
     # The whole guard gone: only the gate is left.
     "guard-off": _patch(
         (guard.EngineGuard, "_check", _nothing), (guard.EngineGuard, "server_connect", _nothing)

@@ -36,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -1318,3 +1318,34 @@ def digest_get_status(
         f"http://{host}:{port}/x",
     ]
     return curl(args, env).transfers[0].code
+
+
+@contextlib.contextmanager
+def syn_dropper(host: str = ORIGIN_HOST, port: int = 0) -> Iterator[int]:
+    """A port on `host` whose SYNs the kernel drops: a listener with a backlog of 0 that
+    never accepts, its accept queue filled by two connections (Linux drops a SYN to a full
+    queue instead of refusing it, so a connect then hangs)."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(2):
+            s = socket.socket()
+            s.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                s.connect((host, port))
+            fillers.append(s)
+        time.sleep(0.2)  # the handshakes of the fillers complete in the kernel
+        probe = socket.socket()
+        probe.settimeout(1.0)
+        with pytest.raises(TimeoutError):  # the premise: a connect here hangs
+            probe.connect((host, port))
+        probe.close()
+        yield port
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()

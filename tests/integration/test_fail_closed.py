@@ -2,14 +2,18 @@
 
 The reported bypass (one 0xFF byte in a Digest parameter made proxyd an open proxy) as
 regression tests, then each lock proven with the other one broken on purpose
-(`faulty_proxyd.py`): the gate's boundary, the guard's per-request check, its
-`server_connect` check, and `next_layer`, which closes tunnels it has no record of.
+(`faulty_proxyd.py`). On the engine's path: the gate's boundary, the guard's per-request
+check, its `server_connect` check, and `next_layer`, which closes tunnels it has no record
+of (CONNECTs reach the engine there through a broken dispatch, `front-off`). On the
+front's path: the same boundary, the second lock (the policy asked again before a dial),
+and a failure outside the boundary, which closes the connection unanswered.
 """
 
 from __future__ import annotations
 
 import re
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -119,7 +123,8 @@ def test_the_guard_refuses_when_the_gate_never_ran(
     proxyd_factory, origins: Origins, method: str
 ) -> None:
     """The gate's hooks raise outside its boundary; mitmproxy logs and carries on."""
-    proxyd = proxyd_factory(admin_listen="127.0.0.1:0", launcher=[*FAULTY, "gate-raises"])
+    faults = "gate-raises,front-off" if method == "CONNECT" else "gate-raises"
+    proxyd = proxyd_factory(admin_listen="127.0.0.1:0", launcher=[*FAULTY, faults])
     for _, target in [t for t in attack_targets(proxyd, origins) if t[0] == method]:
         with RawConnection(proxyd.address) as conn:
             assert conn.request(method, target).status == 500
@@ -131,9 +136,8 @@ def test_the_guard_refuses_when_the_gate_never_ran(
 def test_server_connect_refuses_when_gate_and_guard_check_are_broken(
     proxyd_factory, origins: Origins, method: str
 ) -> None:
-    proxyd = proxyd_factory(
-        admin_listen="127.0.0.1:0", launcher=[*FAULTY, "gate-raises,guard-check-raises"]
-    )
+    faults = "gate-raises,guard-check-raises" + (",front-off" if method == "CONNECT" else "")
+    proxyd = proxyd_factory(admin_listen="127.0.0.1:0", launcher=[*FAULTY, faults])
     for _, target in [t for t in attack_targets(proxyd, origins) if t[0] == method]:
         with RawConnection(proxyd.address) as conn:
             reply = conn.request(method, target)
@@ -149,7 +153,9 @@ def test_next_layer_closes_a_tunnel_with_no_admission_record(
 ) -> None:
     """Every other lock broken: the upstream connection opens (eager), but not one byte
     is relayed either way."""
-    proxyd = proxyd_factory(launcher=[*FAULTY, "gate-raises,guard-check-raises,guard-connect-off"])
+    proxyd = proxyd_factory(
+        launcher=[*FAULTY, "gate-raises,guard-check-raises,guard-connect-off,front-off"]
+    )
     host, port = origins.speak_first
     with RawConnection(proxyd.address) as conn:
         reply = conn.request("CONNECT", f"{host}:{port}")
@@ -159,3 +165,37 @@ def test_next_layer_closes_a_tunnel_with_no_admission_record(
         assert conn.is_closed_by_peer()
     assert reply.status in (200, 500)
     proxyd.wait_for_log("closed a tunnel from 127.0.0.1 that was never admitted")
+
+
+def test_the_fronts_second_lock_refuses_what_a_broken_core_admits(
+    proxyd_factory, origins: Origins
+) -> None:
+    proxyd = proxyd_factory(admin_listen="127.0.0.1:0", launcher=[*FAULTY, "front-core-admits"])
+    connects = [t for t in attack_targets(proxyd, origins) if t[0] == "CONNECT"]
+    for method, target in connects:
+        with RawConnection(proxyd.address) as conn:
+            reply = conn.request(method, target)
+            assert reply.status == 500, (target, reply.status)
+            conn.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert b"proxyd_" not in conn.recv_available(0.3)
+    nothing_reached(origins)
+    assert proxyd.log().count("the policy does not allow what admission admitted") == 3
+    _, text = admin_get(proxyd, "/metrics")
+    assert value(samples(text), "proxyd_internal_errors_total", where="guard") == 3
+
+
+def test_a_front_failure_outside_the_boundary_closes_the_connection_unanswered(
+    proxyd_factory, origins: Origins
+) -> None:
+    proxyd = proxyd_factory(admin_listen="127.0.0.1:0", launcher=[*FAULTY, "front-raises"])
+    for method, target in [t for t in attack_targets(proxyd, origins) if t[0] == "CONNECT"]:
+        with RawConnection(proxyd.address) as conn:
+            conn.send(f"{method} {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+            assert conn.recv_available(1.0) == b""
+            assert conn.is_closed_by_peer()
+    nothing_reached(origins)
+    # Logged as each handler ends, just after its close: bounded wait for the third line.
+    deadline = time.monotonic() + 5
+    while proxyd.log().count("connection handler crashed") < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proxyd.log().count("connection handler crashed") == 3

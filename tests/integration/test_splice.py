@@ -1,10 +1,10 @@
-"""Tunnels past `TAKEOVER_AFTER` bytes move to the splice relay: correctness gate.
+"""Tunnels on proxyd's own front, relayed by splice from the first byte: correctness gate.
 
-These are the checks that must pass before mitmproxy or Python is upgraded (proxy/takeover.py
-reaches into mitmproxy 11.0.x): bulk both ways with SHA-256, half-close both ways, a
-server that speaks first, resets from either side, data sent together with the CONNECT,
-SIGTERM while a relay runs, the access log's byte counts, and many random tunnels with
-slow readers. Every server and client here is on loopback; every wait is bounded.
+These are the checks that must pass before the front, the relay, or Python changes: bulk
+both ways with SHA-256, half-close both ways, a server that speaks first, resets from
+either side, data sent together with the CONNECT, SIGTERM while a relay runs, the access
+log's byte counts, and many random tunnels with slow readers. Every server and client here
+is on loopback; every wait is bounded.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import signal
 import socket
 import socketserver
 import struct
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,8 +29,6 @@ from pathlib import Path
 import pytest
 from conftest import ProxydFactory
 from harness import ORIGIN_HOST, ProxydHandle, RawConnection
-
-from proxy.takeover import TAKEOVER_AFTER
 
 IO_TIMEOUT = 20.0
 MiB = 1 << 20
@@ -228,10 +225,6 @@ def proxy_fds(proxy: ProxydHandle) -> int:
 # --------------------------------------------------------------------------- the tests
 
 
-def test_takeover_threshold_is_what_these_tests_cross() -> None:
-    assert MiB >= TAKEOVER_AFTER  # every bulk test below moves well past it
-
-
 @pytest.mark.parametrize(
     ("up", "down"), [(20 * MiB, 20 * MiB), (0, 8 * MiB), (8 * MiB, 0), (1000, 1000), (0, 0)]
 )
@@ -247,7 +240,7 @@ def test_bulk_both_ways_with_half_close(
 
     wait_for(logged)
     (record,) = [r for r in access_records(tmp_path) if r["method"] == "CONNECT"]
-    # Bytes counted on both paths, before and after the takeover, exactly.
+    # Bytes counted exactly, the ones sent along with the CONNECT included.
     assert record["bytes_up"] == header + up
     assert record["bytes_down"] == down + reply
     assert record["status"] == 200
@@ -389,35 +382,3 @@ def test_tunnel_through_digest_auth_is_spliced_too(
         got = conn.buffer + read_all(sock)
     assert got[: 3 * MiB] == pattern(3 * MiB)
     assert got[3 * MiB :] == f"{2 * MiB} {hashlib.sha256(payload).hexdigest()}\n".encode()
-
-
-def test_no_descriptor_left_for_the_relay_ends_the_tunnel_cleanly(
-    tunnel_proxy: ProxydHandle, servers: Servers, tmp_path: Path
-) -> None:
-    """EMFILE at the takeover (the relay's duplicates): that tunnel ends with a warning,
-    its log line is written, and the proxy serves the next tunnel once descriptors free up."""
-    pid = tunnel_proxy.proc.pid
-    wait_for(lambda: proxy_fds(tunnel_proxy) > 0)
-    # Room for the client's socket and the upstream one, not for the two duplicates.
-    limit = proxy_fds(tunnel_proxy) + 2
-    soft, hard = subprocess.run(
-        ["prlimit", f"--pid={pid}", "--nofile", "--raw", "--noheadings", "-o", "SOFT,HARD"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    # Only the soft limit moves: raising a hard limit back needs CAP_SYS_RESOURCE.
-    subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={limit}:{hard}"], check=True)
-    try:
-        with open_tunnel(tunnel_proxy, servers.sink) as sock:
-            got = 0
-            with contextlib.suppress(ConnectionResetError):
-                while chunk := sock.recv(MiB):
-                    got += len(chunk)
-            assert got < 2 * MiB  # ended, not relayed to the end
-    finally:
-        subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={soft}:{hard}"], check=True)
-    tunnel_proxy.wait_for_log(r"relay could not start: .*Too many open files")
-    wait_for(lambda: any(r["method"] == "CONNECT" for r in access_records(tmp_path)))
-    bulk_exchange(tunnel_proxy, servers.bulk, MiB, MiB, seed=21)
-    assert "crashed" not in tunnel_proxy.log()

@@ -13,37 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from harness import IO_TIMEOUT, ORIGIN_HOST, ProxydHandle, RawConnection, free_port
-
-
-@contextlib.contextmanager
-def syn_dropper() -> Iterator[int]:
-    """A port on ORIGIN_HOST whose SYNs the kernel drops: a listener with a backlog of 0
-    that never accepts, its accept queue filled by two connections (Linux drops a SYN to a
-    full queue instead of refusing it, so a connect then hangs)."""
-    listener = socket.socket()
-    listener.bind((ORIGIN_HOST, 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    fillers = []
-    try:
-        for _ in range(2):
-            s = socket.socket()
-            s.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                s.connect((ORIGIN_HOST, port))
-            fillers.append(s)
-        time.sleep(0.2)  # the handshakes of the fillers complete in the kernel
-        probe = socket.socket()
-        probe.settimeout(1.0)
-        with pytest.raises(TimeoutError):  # the premise: a connect here hangs
-            probe.connect((ORIGIN_HOST, port))
-        probe.close()
-        yield port
-    finally:
-        for s in fillers:
-            s.close()
-        listener.close()
+from harness import IO_TIMEOUT, ORIGIN_HOST, ProxydHandle, RawConnection, free_port, syn_dropper
 
 
 class Origin:
