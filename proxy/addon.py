@@ -1,10 +1,10 @@
 """The mitmproxy addons: thin adapters from flows to the core's decisions.
 
 Hooks gather facts from the flow (as bytes where they are the client's), ask the admission
-core and apply the outcome, all inside one boundary that refuses on any exception. Every
-CONNECT that is let through becomes a byte tunnel (TLS is never intercepted), and the
-upstream connection goes to the address the policy checked, never to a name resolved again.
-`guard.EngineGuard` checks that again where mitmproxy connects.
+core and apply the outcome, all inside one boundary that refuses on any exception. The
+upstream connection goes to the address the policy checked, never to a name resolved again;
+`guard.EngineGuard` checks that again where mitmproxy connects. CONNECT tunnels are served
+by proxyd's own front (front/tunnel.py), never here.
 """
 
 from __future__ import annotations

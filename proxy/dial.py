@@ -61,6 +61,14 @@ async def dial(addresses: Sequence[IPAddress], port: int, timeout: float) -> soc
     order = interleave(addresses)
     if not order:
         raise ValueError("no address to dial")
+    if len(order) == 1:  # the common case (an address literal): no race to run
+        try:
+            async with asyncio.timeout(timeout):
+                return await _attempt(order[0], port)
+        except TimeoutError:
+            raise DialFailed(Failure.CONNECT_TIMEOUT, order[0], "connect timeout") from None
+        except OSError as e:
+            raise DialFailed(Failure.CONNECT, order[0], _describe(e)) from None
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     attempts: list[asyncio.Task[socket.socket]] = []
