@@ -15,6 +15,7 @@ any exception into a refusal (fail closed), because "meant to" is not a proof.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -177,6 +178,7 @@ def read_offer(values: Sequence[bytes]) -> Offer:
         return Offer(refusal=Refuse(400, f"malformed Proxy-Authorization: {e}", "bad_request"))
 
 
+@functools.lru_cache(maxsize=4096)  # the same few sources, again and again
 def source_address(peer_host: str) -> IPAddress:
     return canonical_ip(ipaddress.ip_address(peer_host.split("%", 1)[0]))
 

@@ -65,7 +65,7 @@ class AddressSet:
     def contains(self, address: IPAddress, now: float) -> bool:
         if self.networks is None:
             return True
-        ip = netaddr.IPAddress(str(address))
+        ip = netaddr.IPAddress(int(address), address.version)  # no text round trip
         return ip in self.networks or any(t.covers(ip, now) for t in self.trusted)
 
     def __str__(self) -> str:

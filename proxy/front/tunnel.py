@@ -438,8 +438,10 @@ async def _dial_while_watching(
     loop: asyncio.AbstractEventLoop, sock: socket.socket, admit: Admit, timeout: float
 ) -> socket.socket:
     """Dial, and stop dialing if the client closes meanwhile (`ClientGone`). Bytes the
-    client sends early (a TLS ClientHello) stay in its socket for the relay."""
-    dialing = loop.create_task(dial(admit.addresses, admit.port, timeout))
+    client sends early (a TLS ClientHello) stay in its socket for the relay. The dial runs
+    in this task (no task of its own to create per tunnel); the watcher cancels it."""
+    task = asyncio.current_task()
+    assert task is not None
     gone = False
     fd = sock.fileno()
 
@@ -454,13 +456,13 @@ async def _dial_while_watching(
         except OSError:
             gone = True
         if gone:
-            dialing.cancel()
+            task.cancel()
 
     loop.add_reader(fd, on_readable)
     try:
-        return await dialing
+        return await dial(admit.addresses, admit.port, timeout)
     except asyncio.CancelledError:
-        if gone:
+        if gone and task.uncancel() == 0:
             raise ClientGone() from None
         raise
     finally:
