@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from .. import answers, splice
 from ..accesslog import CLIENT_GONE
-from ..admission import Admission, Admit, Ask, Refuse, Resolve, printable, source_address
+from ..admission import Admission, Admit, Ask, Refuse, Resolve, source_address
 from ..connecthead import BadHead, Head, head_end, is_connect, parse_head
 from ..connlimit import SourceCounts
 from ..dial import DialFailed, dial
@@ -121,7 +121,7 @@ class TunnelFront:
                 async with asyncio.timeout(idle):
                     end = await _read_head(loop, sock, buffer, limit)
             except BadHead as e:
-                self._bad_head(sock, peer, e)
+                self._bad_head(sock, peer, e, b"CONNECT" if is_connect(buffer) else b"-")
                 return True
             if end is None:
                 return False  # closed before a whole head
@@ -131,7 +131,7 @@ class TunnelFront:
             try:
                 head = parse_head(buffer, limit)
             except BadHead as e:
-                self._bad_head(sock, peer, e)
+                self._bad_head(sock, peer, e, b"CONNECT")
                 return True
             assert head is not None
             rest = buffer[head.size :]
@@ -328,13 +328,13 @@ class TunnelFront:
         self._unjudged(peer, "-", "-", 400, len(body), "not_http")
         _send(sock, answer)
 
-    def _bad_head(self, sock: socket.socket, peer: Any, error: BadHead) -> None:
+    def _bad_head(self, sock: socket.socket, peer: Any, error: BadHead, method: bytes) -> None:
         limit = self.host.runtime.config.limits.max_header_bytes
         if error.status == 431:
             answer = too_large_answer(limit)
         else:
             answer = answers.plain(error.status, error.reason)[0]
-        self._unjudged(peer, "CONNECT", "-", error.status, 0, "bad_request")
+        self._unjudged(peer, method.decode("ascii"), "-", error.status, 0, "bad_request")
         _send(sock, answer)
 
     def _internal_error(self, sock: socket.socket, peer: Any, head: Head) -> None:
@@ -344,8 +344,9 @@ class TunnelFront:
         finally:
             log.exception("internal error while admitting CONNECT from %s: refused", peer[0])
             self.host.recorder.metrics.internal_errors.labels("admission").inc()
-            target = printable(head.target.decode("latin-1"))
-            self._unjudged(peer, "CONNECT", target, 500, 0, "internal_error")
+            # As the access log writes targets: never the user info of `user:pass@host`.
+            target = Ask(peer=peer[0], local=None, method=head.method, authority=head.target)
+            self._unjudged(peer, "CONNECT", target.display_target(), 500, 0, "internal_error")
 
     def _unjudged(
         self, peer: Any, method: str, target: str, status: int, body: int, decision: str

@@ -199,3 +199,14 @@ def test_a_front_failure_outside_the_boundary_closes_the_connection_unanswered(
     while proxyd.log().count("connection handler crashed") < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert proxyd.log().count("connection handler crashed") == 3
+
+
+def test_the_boundarys_log_line_never_holds_the_user_info_of_a_connect_target(
+    proxyd_factory, origins: Origins
+) -> None:
+    proxyd = proxyd_factory(launcher=[*FAULTY, "core-raises"])
+    target = f"alice:s3cr3t-pw@{ORIGIN_HOST}:{origins.https[1]}"
+    with RawConnection(proxyd.address) as conn:
+        assert conn.request("CONNECT", target).status == 500
+    proxyd.wait_for_log(rf"TCP_TUNNEL/500 0 CONNECT \*\*\*@{ORIGIN_HOST}:{origins.https[1]} ")
+    assert "s3cr3t-pw" not in proxyd.log()
