@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import ci_policy
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,10 +33,7 @@ def _require_components() -> None:
     missing = [name for name, tool in COMPONENTS.items() if not shutil.which(tool)]
     if not missing:
         return
-    message = f"bench components not installed: {', '.join(missing)}"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+    ci_policy.missing(f"bench components not installed: {', '.join(missing)}")
 
 
 @pytest.fixture(scope="module")

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ci_policy import missing
 
 ORIGIN_HOST = "127.0.0.2"
 DENIED_HOST = "127.0.0.3"
@@ -92,10 +93,7 @@ def require_tool(name: str) -> Any:
         return importlib.import_module(name)
     except ImportError:
         pass
-    message = f"required tool {name!r} is not installed"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+    missing(f"required tool {name!r} is not installed")
 
 
 def clean_env(home: Path | str | None = None, **extra: str) -> dict[str, str]:
