@@ -59,6 +59,13 @@ async def read_to_end(sock: socket.socket, delay: float = 0.0) -> bytes:
     return bytes(got)
 
 
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait for `condition` (checked every loop turn), bounded: no sleep as synchronisation."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0)
+
+
 def run(coro_fn: Callable[[], object]) -> None:
     asyncio.run(asyncio.wait_for(coro_fn(), 60))  # type: ignore[arg-type]
 
@@ -101,15 +108,18 @@ def test_an_idle_tunnel_holds_no_pipe_and_a_slow_reader_holds_one() -> None:
         pool = splice.PipePool()
         t = Tunnel(pool)
         t.relay.start()
-        await asyncio.sleep(0.05)
+        # start() ran both directions: each found nothing to read, gave its pipe back and
+        # now waits for its socket (one pipe, made once, sits idle in the pool).
+        assert t.relay.up.reading and t.relay.down.reading
         assert t.relay.up.pipe is None and t.relay.down.pipe is None
+        assert len(pool.idle) == 1
         # The server sends far more than the socket buffers take while nobody reads.
         t.server_end.setblocking(True)
         sender = asyncio.get_running_loop().run_in_executor(
             None, t.server_end.sendall, b"x" * (16 * MiB)
         )
-        await asyncio.sleep(0.3)
-        assert t.relay.down.pipe is not None and t.relay.down.in_pipe > 0
+        await until(lambda: t.relay.down.in_pipe > 0 and not t.relay.down.reading)
+        assert t.relay.down.pipe is not None  # held while the reader is behind
         got = await read_to_end_after(t, 16 * MiB)
         await sender
         assert got == 16 * MiB
@@ -190,7 +200,7 @@ def test_when_the_other_owner_closes_the_relay_lets_go() -> None:
         t = Tunnel(pool, alive=lambda: alive[0])
         t.relay.start()
         await send_all(t.client_end, b"a" * 1000)
-        await asyncio.sleep(0.05)
+        await until(lambda: t.counted[True] == 1000)  # relayed while alive
         alive[0] = False
         await send_all(t.client_end, b"b" * 1000)
         error = await asyncio.wait_for(t.relay.done, 5)

@@ -380,18 +380,15 @@ def test_check_config_refuses_values_that_would_reach_the_javascript(
     ],
 )
 def test_hostile_host_header_cannot_inject_into_the_served_pac(
-    proxyd_factory: Any, pac_engine: Any, host: str
+    proxyd_factory: Any, host: str
 ) -> None:
-    """Without public_address the PAC names the Host the client used: it stays data."""
+    """Without public_address the PAC names the Host the client used: a Host that is not
+    a host[:port] (quotes, backslashes, spaces, escapes) is refused before any PAC is made
+    from it (the engine's 400), so nothing of it can reach the script."""
     proxy = proxyd_factory()
     response = fetch(proxy, host=host.format(port=proxy.port))
-    if response.status != 200:
-        assert response.status in (400, 403, 404), response
-        return
-    pac = load_pac(pac_engine, response.text)
-    pac.dns({"elsewhere.example": "192.0.2.1"})
-    assert pac.find("http://elsewhere.example/", "elsewhere.example") == "DIRECT"
-    assert "evil" not in pac.find("http://127.0.0.2:80/", "127.0.0.2")
+    assert response.status == 400, response
+    assert "FindProxyForURL" not in response.text and "evil" not in response.text
 
 
 # --------------------------------------------------------------------------- pacparser

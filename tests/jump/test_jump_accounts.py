@@ -52,7 +52,8 @@ def _can_log_in(jump: JumpHost, name: str, key: Path) -> bool:
 def _nothing_written(jump: JumpHost, name: str) -> None:
     assert not user_exists(name), f"user {name} was created"
     assert not (jump.home_base / name).exists(), "a home was created"
-    assert not list(jump.state_dir.glob("*")) if jump.state_dir.exists() else True
+    written = list(jump.state_dir.glob("*")) if jump.state_dir.exists() else []
+    assert written == [], f"state files were written: {written}"
     assert jump.audit() == [], "an audit line was written"
 
 
