@@ -20,7 +20,6 @@ Origins (started once per session by the `origins` fixture, see conftest.py):
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import json
 import os
@@ -36,12 +35,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import digest_oracle
 import pytest
 from ci_policy import missing
 
@@ -737,14 +737,8 @@ def digest_challenges(headers: Any) -> list[dict[str, str]]:
     return [c for c in parse_challenges(headers) if c["scheme"].lower() == "digest"]
 
 
-_HASHES: dict[str, Callable[[bytes], Any]] = {
-    "MD5": hashlib.md5,
-    "SHA-256": hashlib.sha256,
-}
-
-
 def digest_hash(algorithm: str, text: str) -> str:
-    return str(_HASHES[algorithm.upper()](text.encode("utf-8")).hexdigest())
+    return digest_oracle.hash_hex(algorithm, text)
 
 
 def digest_response(
@@ -760,9 +754,18 @@ def digest_response(
     cnonce: str,
     qop: str = "auth",
 ) -> str:
-    ha1 = digest_hash(algorithm, f"{user}:{realm}:{password}")
-    ha2 = digest_hash(algorithm, f"{method}:{uri}")
-    return digest_hash(algorithm, f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}")
+    return digest_oracle.response(
+        algorithm,
+        user=user,
+        realm=realm,
+        password=password,
+        method=method,
+        uri=uri,
+        nonce=nonce,
+        nc=nc,
+        cnonce=cnonce,
+        qop=qop,
+    )
 
 
 def _quote(value: str) -> str:

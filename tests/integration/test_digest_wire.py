@@ -13,7 +13,6 @@ Fixtures (`origins`, `proxyd`, `proxyd_factory`) come from tests/integration/con
 from __future__ import annotations
 
 import base64
-import hashlib
 import http.client
 import json
 import re
@@ -24,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import digest_oracle
 import pytest
 
 TIMEOUT = 5.0
@@ -34,12 +34,6 @@ REQUIRED = ("username", "realm", "nonce", "uri", "response", "qop", "nc", "cnonc
 SPEAK_FIRST_BANNER = b"SSH-2.0-proxyd-test\r\n"
 
 # --- Client side of Digest, independent of proxy/digest.py ---------------------------------
-
-_HASHES: dict[str, Callable[[bytes], Any]] = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
-
-
-def _h(algorithm: str, text: str) -> str:
-    return str(_HASHES[algorithm](text.encode("utf-8")).hexdigest())
 
 
 def digest_response(
@@ -55,10 +49,18 @@ def digest_response(
     method: str,
     uri: str,
 ) -> str:
-    """RFC 7616 section 3.4.1 with qop=auth: H(H(A1):nonce:nc:cnonce:qop:H(A2))."""
-    ha1 = _h(algorithm, f"{username}:{realm}:{password}")
-    ha2 = _h(algorithm, f"{method}:{uri}")
-    return _h(algorithm, f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}")
+    return digest_oracle.response(
+        algorithm,
+        user=username,
+        realm=realm,
+        password=password,
+        method=method,
+        uri=uri,
+        nonce=nonce,
+        nc=nc,
+        cnonce=cnonce,
+        qop=qop,
+    )
 
 
 def quote(value: str) -> str:
@@ -760,7 +762,7 @@ def _userhash_true(challenge: Challenge, uri: str) -> str:
 
 
 def _userhash_true_hashed_name(challenge: Challenge, uri: str) -> str:
-    hashed = _h(challenge.algorithm, f"{USER}:{REALM}")
+    hashed = digest_oracle.hash_hex(challenge.algorithm, f"{USER}:{REALM}")
     params = digest_params(challenge, "GET", uri)
     return render([*replace(params, "username", quote(hashed)), ("userhash", "true")])
 
