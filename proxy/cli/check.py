@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ipaddress
 import os
 import signal
@@ -11,9 +10,9 @@ import sys
 import time
 
 from .. import config
-from ..addresses import IPAddress, canonical_ip, format_hostport, parse_port, parse_target
+from ..addresses import canonical_ip, format_hostport, parse_port, parse_target
 from ..errors import BadDestination, ConfigError
-from ..executors.resolver import ResolveError, Resolver, load_hosts
+from ..executors.resolver import ResolveError, addresses_now, load_hosts
 from ..executors.userfile import UserFile, read_users
 from ..pac import generate as generate_pac
 
@@ -84,17 +83,12 @@ def run_explain(args: argparse.Namespace) -> int:
     if not sep:
         raise BadDestination(f"--to: expected HOST:PORT, got {args.target!r}")
     target = parse_target(host, parse_port(port_text))
-    addresses: tuple[IPAddress, ...]
-    if target.literal is not None:
-        addresses = (target.literal,)
-    else:
-        assert target.name is not None
-        resolver = Resolver(load_hosts(cfg.hosts_file), cfg.dns_timeout)
-        try:
-            addresses = asyncio.run(resolver.resolve(target.name, target.port))
-        except ResolveError as e:
-            print(f"deny: {e}")
-            return 1
+    try:
+        addresses = addresses_now(target, cfg.hosts_file, cfg.dns_timeout)
+    except ResolveError as e:
+        print(f"deny: {e}")
+        return 1
+    if target.name is not None:
         print(f"{target.name} resolves to {', '.join(map(str, addresses))}")
     authenticated = False
     if args.user:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime
 import os
 import shutil
@@ -19,7 +18,7 @@ from ..addresses import parse_target
 from ..errors import BadDestination, ProxydError
 from ..executors.accounts import AccountExecutor, StateStore, is_managed, is_unmanaged
 from ..executors.relay import relay_stdio
-from ..executors.resolver import ResolveError, Resolver, load_hosts
+from ..executors.resolver import ResolveError, addresses_now
 from ..jump import (
     PROFILES,
     Account,
@@ -247,13 +246,7 @@ def _checked_connection(config_path: Path, command: str | None) -> socket.socket
     host, port = parse_gate_command(command)
     if port not in cfg.jump.ports:
         raise JumpError(f"port {port} is not allowed (allowed: {cfg.jump.ports})")
-    target = parse_target(host, port)
-    if target.literal is not None:
-        addresses: tuple[Any, ...] = (target.literal,)
-    else:
-        assert target.name is not None
-        resolver = Resolver(load_hosts(cfg.hosts_file), cfg.dns_timeout)
-        addresses = asyncio.run(resolver.resolve(target.name, port))
+    addresses = addresses_now(parse_target(host, port), cfg.hosts_file, cfg.dns_timeout)
     denied = [a for a in addresses if not cfg.policy.open_to_anyone(a, port)]
     if denied or not addresses:
         raise JumpError(f"{host}:{port} is outside the allowed zones")

@@ -11,7 +11,7 @@ import ipaddress
 import socket
 from pathlib import Path
 
-from ..addresses import IPAddress, canonical_ip
+from ..addresses import IPAddress, Target, canonical_ip
 from ..errors import ConfigError
 
 
@@ -77,3 +77,13 @@ class Resolver:
         if not out:
             raise ResolveError(f"cannot resolve {name}: no address")
         return tuple(out)
+
+
+def addresses_now(target: Target, hosts_file: Path | None, timeout: float) -> tuple[IPAddress, ...]:
+    """The addresses a command-line check judges for `target` (`proxyd explain`, the jump
+    gate): the literal itself, or the name resolved once, hosts file first, as the proxy
+    resolves it. `ResolveError` when the name has none."""
+    if target.literal is not None:
+        return (target.literal,)
+    assert target.name is not None
+    return asyncio.run(Resolver(load_hosts(hosts_file), timeout).resolve(target.name, target.port))
