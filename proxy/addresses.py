@@ -104,13 +104,20 @@ def format_hostport(address: IPAddress | str, port: int) -> str:
     return f"{address}:{port}"
 
 
-def split_hostport(text: str, default_port: int | None = None) -> tuple[str, int]:
+def split_hostport(
+    text: str, default_port: int | None = None, *, allow_zero: bool = False
+) -> tuple[str, int]:
     """`host:port` or `[v6]:port` (the port optional with `default_port`) -> (host, port),
-    brackets removed. BadDestination otherwise; the host is not validated here."""
+    brackets removed. BadDestination otherwise; the host is not validated here beyond
+    bracketed text having to be an IPv6 address. `allow_zero`: a listener's port 0."""
     if text.startswith("["):
         host, bracket, rest = text[1:].partition("]")
         if not bracket or (rest and not rest.startswith(":")):
             raise BadDestination(f"invalid host:port: {text!r}")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise BadDestination(f"not an IPv6 address in brackets: {host!r}") from None
         port_text = rest[1:] if rest else None
     else:
         host, colon, port_text_or_empty = text.rpartition(":")
@@ -126,7 +133,7 @@ def split_hostport(text: str, default_port: int | None = None) -> tuple[str, int
         return host, default_port
     if not host:
         raise BadDestination(f"no host in {text!r}")
-    return host, parse_port(port_text)
+    return host, parse_port(port_text, allow_zero=allow_zero)
 
 
 @dataclass(frozen=True)

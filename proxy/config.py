@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import netaddr
 
 from . import yamlloc
-from .addresses import parse_port
+from .addresses import parse_port, split_hostport
 from .digest import ALGORITHMS
 from .errors import BadDestination, ConfigError
 from .policy import AddressSet, AuthMode, Policy, PortRange, Rule, TrustedSource
@@ -197,21 +197,15 @@ class Config:
 
 
 def parse_hostport(text: str, *, allow_zero: bool) -> tuple[str, int]:
-    """`host:port` or `[v6]:port` -> (host, port). ValueError with a message otherwise.
-    `allow_zero` for a listener (port 0: any free port)."""
-    m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:([^:]*)|([^:\[\]]*):([^:]*)", text)
-    if not m:
-        raise ValueError(f"expected host:port or [v6]:port, got {text!r}")
-    host = m.group(1) if m.group(1) is not None else m.group(3)
+    """`host:port` or `[v6]:port` -> (host, port) (`addresses.split_hostport`, the one
+    splitter), or ValueError with a message. `:port` means every address. `allow_zero`
+    for a listener (port 0: any free port)."""
     try:
-        port = parse_port(
-            m.group(2) if m.group(1) is not None else m.group(4), allow_zero=allow_zero
-        )
+        if text.startswith(":") and text.count(":") == 1:
+            return "", parse_port(text[1:], allow_zero=allow_zero)
+        return split_hostport(text, allow_zero=allow_zero)
     except BadDestination as e:
-        raise ValueError(str(e)) from None
-    if m.group(1) is not None:
-        ipaddress.IPv6Address(host)  # raises ValueError naming the address
-    return host, port
+        raise ValueError(f"expected host:port or [v6]:port, got {text!r}: {e}") from None
 
 
 class _Checker:

@@ -10,7 +10,7 @@ import sys
 import time
 
 from .. import config
-from ..addresses import canonical_ip, format_hostport, parse_port, parse_target
+from ..addresses import canonical_ip, format_hostport, parse_target, split_hostport
 from ..errors import BadDestination, ConfigError
 from ..executors.resolver import ResolveError, addresses_now, load_hosts
 from ..executors.userfile import UserFile, read_users
@@ -79,10 +79,9 @@ def run_explain(args: argparse.Namespace) -> int:
         source = canonical_ip(ipaddress.ip_address(args.source))
     except ValueError:
         raise BadDestination(f"--from: not an IP address: {args.source!r}") from None
-    host, sep, port_text = args.target.rpartition(":")
-    if not sep:
+    if ":" not in args.target:
         raise BadDestination(f"--to: expected HOST:PORT, got {args.target!r}")
-    target = parse_target(host, parse_port(port_text))
+    target = parse_target(*split_hostport(args.target))
     try:
         addresses = addresses_now(target, cfg.hosts_file, cfg.dns_timeout)
     except ResolveError as e:

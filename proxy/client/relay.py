@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import h11
 
-from ..addresses import parse_port, url_port
+from ..addresses import split_hostport, url_port
 from ..errors import BadDestination, ProxydError
 from .h11io import HttpConnection, end_to_end, splice_streams
 from .tunnel import BadTarget, authority
@@ -69,16 +69,12 @@ def parse_absolute(target: str) -> Destination:
 
 def parse_authority(target: str) -> Destination:
     """`host:port` of a CONNECT."""
-    host, sep, port_text = target.rpartition(":")
-    if not sep:
-        raise ClientError(400, "CONNECT needs host:port")
     try:
-        port = parse_port(port_text)
+        host, port = split_hostport(target)
         hostport = authority(host, port)
     except (BadDestination, BadTarget) as e:
-        raise ClientError(400, str(e)) from None
-    bare = host.strip("[]")
-    return Destination(bare, port, hostport, "")
+        raise ClientError(400, f"CONNECT needs host:port: {e}") from None
+    return Destination(host, port, hostport, "")
 
 
 class Relay:

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from urllib.parse import urlsplit
 
 import pytest
 
-from proxy.addresses import parse_ip_literal, parse_port, url_port, validate_hostname
+from proxy.addresses import (
+    parse_ip_literal,
+    parse_port,
+    split_hostport,
+    url_port,
+    validate_hostname,
+)
 from proxy.errors import BadDestination
 
 LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
@@ -210,3 +217,41 @@ def test_url_ports(url: str, expected: int) -> None:
 def test_bad_url_ports_are_refused(url: str) -> None:
     with pytest.raises(BadDestination):
         url_port(urlsplit(url), 3128)
+
+
+# --- the one host:port splitter (admission, config, explain, the relay) -----------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("host:80", ("host", 80)),
+        ("1.2.3.4:443", ("1.2.3.4", 443)),
+        ("[2001:db8::1]:22", ("2001:db8::1", 22)),
+    ],
+)
+def test_split_hostport(text: str, expected: tuple[str, int]) -> None:
+    assert split_hostport(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("[1.2.3.4]:80", "not an IPv6 address in brackets: '1.2.3.4'"),
+        ("[garbage]:443", "not an IPv6 address in brackets"),
+        ("::1:22", "IPv6 address without brackets"),
+        (":80", "no host"),
+        ("host", "no port"),
+        ("host:\u00b2", "invalid port"),
+        ("host:0", "invalid port"),
+        ("[::1]x:80", "invalid host:port"),
+    ],
+)
+def test_split_hostport_refuses(text: str, says: str) -> None:
+    with pytest.raises(BadDestination, match=re.escape(says)):
+        split_hostport(text)
+
+
+def test_split_hostport_port_zero_only_for_a_listener_and_a_default_port() -> None:
+    assert split_hostport("127.0.0.1:0", allow_zero=True) == ("127.0.0.1", 0)
+    assert split_hostport("host", 80) == ("host", 80)
