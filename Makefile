@@ -47,6 +47,7 @@ run: debs-run $(BIN)/proxyd
 lint: $(BIN)/proxyd
 	$(BIN)/ruff check proxy tests bench
 	$(BIN)/ruff format --check proxy tests bench
+	$(BIN)/lint-imports
 
 typecheck: $(BIN)/proxyd
 	$(BIN)/mypy

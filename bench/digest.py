@@ -1,6 +1,6 @@
 """Just enough client Digest (RFC 7616, qop=auth) for the load generators.
 
-Challenges are read with proxyd's own client parser (`proxy.digest_client`); the signer
+Challenges are read with proxyd's own client parser (`proxy.core.digest_client`); the signer
 precomputes everything but nc and the response, so each header costs one MD5 (and wrk's
 Lua can append the two).
 """
@@ -12,7 +12,7 @@ import secrets
 import socket
 from dataclasses import dataclass
 
-from proxy.digest_client import parse_challenges
+from proxy.core.digest_client import parse_challenges
 
 USER = "bench"
 PASSWORD = "bench-password-1"  # noqa: S105 - a throwaway account in a throwaway users file

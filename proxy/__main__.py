@@ -1,5 +1,5 @@
 """`python -m proxy`: the `proxyd` command (how the supervisor starts its workers)."""
 
-from .cli.main import entry
+from proxy.cli.main import entry
 
 entry()

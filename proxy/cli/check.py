@@ -9,12 +9,12 @@ import signal
 import sys
 import time
 
-from .. import config
-from ..addresses import canonical_ip, format_hostport, parse_target, split_hostport
-from ..errors import BadDestination, ConfigError
-from ..executors.resolver import ResolveError, addresses_now, load_hosts
-from ..executors.userfile import UserFile, read_users
-from ..pac import generate as generate_pac
+from proxy.core import config
+from proxy.core.addresses import canonical_ip, format_hostport, parse_target, split_hostport
+from proxy.core.errors import BadDestination, ConfigError
+from proxy.core.pac import generate as generate_pac
+from proxy.effects.resolver import ResolveError, addresses_now, load_hosts
+from proxy.effects.userfile import UserFile, read_users
 
 
 def run_check(args: argparse.Namespace) -> int:

@@ -11,11 +11,11 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ..client.credentials import CredentialsError, proxy_from, resolve
-from ..client.tunnel import ConnectExit, TunnelError, authority, open_tunnel
-from ..digest_client import DigestClient
-from ..errors import ProxydError
-from ..executors.relay import relay_stdio
+from proxy.client.credentials import CredentialsError, proxy_from, resolve
+from proxy.client.tunnel import ConnectExit, TunnelError, authority, open_tunnel
+from proxy.core.digest_client import DigestClient
+from proxy.core.errors import ProxydError
+from proxy.effects.stdio import relay_stdio
 
 HELP = "tunnel stdin/stdout through a Digest proxy (ssh ProxyCommand)"
 EPILOG = """\

@@ -13,13 +13,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from .. import config
-from ..addresses import parse_target
-from ..errors import BadDestination, ProxydError
-from ..executors.accounts import AccountExecutor, StateStore, is_managed, is_unmanaged
-from ..executors.relay import relay_stdio
-from ..executors.resolver import ResolveError, addresses_now
-from ..jump import (
+from proxy.core import config
+from proxy.core.addresses import parse_target
+from proxy.core.errors import BadDestination, ProxydError
+from proxy.core.jump import (
     PROFILES,
     Account,
     JumpError,
@@ -35,8 +32,11 @@ from ..jump import (
     plan_sweep,
     sshd_config_block,
 )
-from ..sshkeys import BadKey, parse_key_file
-from ..users import BadUserInput, check_note
+from proxy.core.sshkeys import BadKey, parse_key_file
+from proxy.core.users import BadUserInput, check_note
+from proxy.effects.accounts import AccountExecutor, StateStore, is_managed, is_unmanaged
+from proxy.effects.resolver import ResolveError, addresses_now
+from proxy.effects.stdio import relay_stdio
 
 CONNECT_TIMEOUT = 10
 

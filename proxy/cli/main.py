@@ -7,7 +7,7 @@ import enum
 import sys
 from collections.abc import Sequence
 
-from ..errors import ProxydError
+from proxy.core.errors import ProxydError
 
 
 class Exit(enum.IntEnum):
@@ -21,8 +21,8 @@ class Exit(enum.IntEnum):
 def build_parser() -> argparse.ArgumentParser:
     from pathlib import Path
 
-    from ..config import DEFAULT_CONFIG
-    from . import check, connect, jump, relay, serve, users
+    from proxy.cli import check, connect, jump, relay, serve, users
+    from proxy.core.config import DEFAULT_CONFIG
 
     parser = argparse.ArgumentParser(
         prog="proxyd", description="Digest-authenticating forward proxy with CIDR zones."
@@ -83,13 +83,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["connect"]:
         # ssh starts `proxyd connect` for every connection: skip the server's imports.
-        from . import connect
+        from proxy.cli import connect
 
         return connect.main(arguments[1:])
     import logging
 
-    from ..jump import JumpError
-    from ..users import BadUserInput
+    from proxy.core.jump import JumpError
+    from proxy.core.users import BadUserInput
 
     parser = build_parser()
     args = parser.parse_args(arguments)

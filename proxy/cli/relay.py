@@ -10,18 +10,18 @@ import os
 import signal
 import sys
 
-from ..client.credentials import (
+from proxy.client.credentials import (
     ProxyEndpoint,
     parse_proxy_url,
     proxy_from,
     redact_url,
     resolve,
 )
-from ..client.pacroute import PacRouter, fetch
-from ..client.relay import Relay, Router
-from ..client.upstream import UpstreamProxy
-from ..digest_client import DigestClient
-from ..errors import ProxydError
+from proxy.client.pacroute import PacRouter, fetch
+from proxy.client.relay import Relay, Router
+from proxy.client.upstream import UpstreamProxy
+from proxy.core.digest_client import DigestClient
+from proxy.core.errors import ProxydError
 
 HELP = "local proxy without auth that forwards through a Digest proxy (for pip, wget, …)"
 log = logging.getLogger("proxyd.relay")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from .. import config
-from ..errors import ConfigError
-from ..workers import WorkerRole, parse_workers, supervise
-from .main import configure_logging
+from proxy.cli.main import configure_logging
+from proxy.core import config
+from proxy.core.errors import ConfigError
+from proxy.service.workers import WorkerRole, parse_workers, supervise
 
 
 def workers_count(text: str) -> int:
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         role.follow_parent()
         cfg = role.apply(cfg)
     # Imported here: mitmproxy takes ~0.5 s to import, which no other subcommand should pay.
-    from ..runtime import build_runtime
+    from proxy.service.runtime import build_runtime
 
     try:
         runtime = build_runtime(cfg, first_start=True)
@@ -42,6 +42,6 @@ def run(args: argparse.Namespace) -> int:
     if role is None and args.workers > 1:
         # The supervisor: checked config, nonce secret created once, before any worker.
         return supervise(args.config, runtime, args.workers, args.first_run_hint)
-    from ..master import serve
+    from proxy.engine.master import serve
 
     return asyncio.run(serve(args.config, runtime, args.first_run_hint, role))

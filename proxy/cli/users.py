@@ -15,12 +15,10 @@ from typing import Any
 
 from passlib.apache import HtdigestFile
 
-from .. import config
-from ..digest import UserSecrets
-from ..errors import ConfigError
-from ..executors.files import atomic_write, locked
-from ..executors.userfile import read_users
-from ..users import (
+from proxy.core import config
+from proxy.core.digest import UserSecrets
+from proxy.core.errors import ConfigError
+from proxy.core.users import (
     MAX_PASSWORD,
     BadUserInput,
     check_note,
@@ -32,6 +30,8 @@ from ..users import (
     make_user,
     parse_date,
 )
+from proxy.effects.files import atomic_write, locked
+from proxy.effects.userfile import read_users
 
 GENERATED_PASSWORD_BYTES = 18  # 24 characters of base64url
 

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
 
-from ..addresses import url_port
-from ..errors import BadDestination, ProxydError
+from proxy.core.addresses import url_port
+from proxy.core.errors import BadDestination, ProxydError
 
 PASSWORD_ENV = "PROXYD_PASSWORD"  # noqa: S105 - a variable name
 PROXY_ENVS = ("PROXYD_PROXY", "https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ..errors import ProxydError
+from proxy.core.errors import ProxydError
 
 MAX_HEAD = 64 * 1024
 MAX_HEADERS = 200

@@ -12,8 +12,8 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from ..errors import ProxydError
-from .credentials import redact_url, scrub_password
+from proxy.client.credentials import redact_url, scrub_password
+from proxy.core.errors import ProxydError
 
 MAX_PAC = 1024 * 1024
 

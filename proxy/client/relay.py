@@ -17,11 +17,11 @@ from urllib.parse import urlsplit
 
 import h11
 
-from ..addresses import split_hostport, url_port
-from ..errors import BadDestination, ProxydError
-from .h11io import HttpConnection, end_to_end, splice_streams
-from .tunnel import BadTarget, authority
-from .upstream import UpstreamError, UpstreamProxy
+from proxy.client.h11io import HttpConnection, end_to_end, splice_streams
+from proxy.client.tunnel import BadTarget, authority
+from proxy.client.upstream import UpstreamError, UpstreamProxy
+from proxy.core.addresses import split_hostport, url_port
+from proxy.core.errors import BadDestination, ProxydError
 
 log = logging.getLogger("proxyd.relay")
 

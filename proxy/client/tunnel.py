@@ -10,12 +10,12 @@ import enum
 import re
 import socket
 
-from .. import __version__
-from ..addresses import parse_port
-from ..digest_client import ChallengeError, CredentialsRejected, DigestClient
-from ..errors import BadDestination, ProxydError
-from .credentials import ProxyEndpoint
-from .httphead import BadResponse, ResponseHead, parse_head, split_head, summary
+from proxy import __version__
+from proxy.client.credentials import ProxyEndpoint
+from proxy.client.httphead import BadResponse, ResponseHead, parse_head, split_head, summary
+from proxy.core.addresses import parse_port
+from proxy.core.digest_client import ChallengeError, CredentialsRejected, DigestClient
+from proxy.core.errors import BadDestination, ProxydError
 
 MAX_ERROR_BODY = 64 * 1024
 MAX_ATTEMPTS = 3  # no credentials, then the challenge's nonce, then once more if stale

@@ -14,10 +14,10 @@ from typing import Any
 
 import h11
 
-from ..digest_client import ChallengeError, CredentialsRejected, DigestClient
-from ..errors import ProxydError
-from .credentials import ProxyEndpoint
-from .h11io import HttpConnection
+from proxy.client.credentials import ProxyEndpoint
+from proxy.client.h11io import HttpConnection
+from proxy.core.digest_client import ChallengeError, CredentialsRejected, DigestClient
+from proxy.core.errors import ProxydError
 
 MAX_ATTEMPTS = 3
 MAX_IDLE = 16

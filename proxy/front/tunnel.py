@@ -26,20 +26,21 @@ from collections.abc import Awaitable, Callable
 from enum import Enum
 from typing import Any, Protocol
 
-from .. import answers, splice
-from ..accesslog import CLIENT_GONE
-from ..admission import Admission, Admit, Ask, Refuse, Resolve, source_address
-from ..connecthead import BadHead, Head, head_end, is_connect, parse_head
-from ..connlimit import SourceCounts
-from ..dial import DialFailed, dial
-from ..executors.resolver import ResolveError
-from ..firstbytes import PEEK, Path, classify
-from ..headerlimit import too_large_answer
-from ..policy import Verdict
-from ..recorder import Recorder
-from ..records import Exchange, refusal_record, unjudged_record
-from ..runtime import Runtime
-from ..upstream import explain
+from proxy.core import answers
+from proxy.core.accesslog import CLIENT_GONE
+from proxy.core.admission import Admission, Admit, Ask, Refuse, source_address
+from proxy.core.connecthead import BadHead, Head, head_end, is_connect, parse_head
+from proxy.core.connlimit import SourceCounts
+from proxy.core.firstbytes import PEEK, Path, classify
+from proxy.core.headerlimit import too_large_answer
+from proxy.core.policy import Verdict
+from proxy.core.records import Exchange, refusal_record, unjudged_record
+from proxy.core.upstream import explain
+from proxy.front import splice
+from proxy.front.dial import DialFailed, dial
+from proxy.service.deciding import decide
+from proxy.service.recorder import Recorder
+from proxy.service.runtime import Runtime
 
 log = logging.getLogger("proxyd")
 
@@ -77,7 +78,7 @@ class TunnelFront:
         self.host = host
         self.pipes = splice.PipePool()
         self.ids = itertools.count(1)
-        self.idle: dict[splice.Relay, list[float]] = {}  # open tunnel -> [last activity]
+        self.idle: dict[splice.Splicer, list[float]] = {}  # open tunnel -> [last activity]
         self.sweeper: asyncio.TimerHandle | None = None
 
     # --- one connection ---------------------------------------------------------------
@@ -166,14 +167,7 @@ class TunnelFront:
                 authority=head.target,
                 over_connection_limit=over_limit,
             )
-            outcome = self.host.admission.begin(runtime, ask, started)
-            if isinstance(outcome, Resolve):
-                try:
-                    addresses = await runtime.resolver.resolve(outcome.name, outcome.port)
-                except ResolveError as e:
-                    outcome = Refuse(502, str(e), "dns", outcome.user)
-                else:
-                    outcome = self.host.admission.resolved(runtime, outcome, addresses, started)
+            outcome = await decide(self.host.admission, runtime, ask, started)
             if isinstance(outcome, Refuse):
                 refusal = self._refusal(ask, outcome, runtime, head.keep_alive)
             elif not isinstance(outcome, Admit):
@@ -273,7 +267,7 @@ class TunnelFront:
             exchange.count(up, n)
             activity[0] = loop.time()
 
-        relay = splice.Relay(sock, server, self.pipes, pending_up=early, on_bytes=on_bytes)
+        relay = splice.Splicer(sock, server, self.pipes, pending_up=early, on_bytes=on_bytes)
         try:
             _send(sock, answers.ESTABLISHED)
             metrics.tunnel_setup.observe(time.time() - started)
@@ -297,7 +291,7 @@ class TunnelFront:
 
     # --- idle tunnels -----------------------------------------------------------------
 
-    def _watch_idle(self, relay: splice.Relay, activity: list[float], timeout: float) -> None:
+    def _watch_idle(self, relay: splice.Splicer, activity: list[float], timeout: float) -> None:
         self.idle[relay] = activity
         self.idle_timeout = timeout
         if self.sweeper is None:

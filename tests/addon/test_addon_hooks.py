@@ -15,15 +15,15 @@ import digest_oracle
 import pytest
 from mitmproxy.test import taddons, tflow, tutils
 
-from proxy import config
-from proxy.addon import ProxydAddon
-from proxy.digest import DigestVerifier, NonceCodec, UserSecrets
-from proxy.executors.logfile import LogFile
-from proxy.guard import ADMITTED, Admitted, EngineGuard
-from proxy.metrics import Metrics
-from proxy.mitm_internals import Proxyserver
-from proxy.recorder import Recorder
-from proxy.runtime import Runtime
+from proxy.core import config
+from proxy.core.digest import DigestVerifier, NonceCodec, UserSecrets
+from proxy.effects.logfile import LogFile
+from proxy.engine.addon import ProxydAddon
+from proxy.engine.guard import ADMITTED, Admitted, EngineGuard
+from proxy.engine.mitm_internals import Proxyserver
+from proxy.service.metrics import Metrics
+from proxy.service.recorder import Recorder
+from proxy.service.runtime import Runtime
 
 NOW_NONCE_RANDOM = b"r" * 12
 REALM, PASSWORD = "proxyd", "wonderland"

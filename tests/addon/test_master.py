@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from proxy import config
-from proxy.master import build_master
-from proxy.mitm_internals import Listener
-from proxy.runtime import build_runtime
+from proxy.core import config
+from proxy.engine.master import build_master
+from proxy.engine.mitm_internals import Listener
+from proxy.service.runtime import build_runtime
 
 CONFIG = """
 listen: 127.0.0.1:0
@@ -67,11 +67,11 @@ def test_listener_backlog_is_raised(runtime) -> None:
 
 
 def test_mitmproxys_default_addons_are_never_imported() -> None:
-    """proxy.mitm_internals imports the proxy server alone (14.5 MB of RSS saved per process)."""
+    """proxy.engine.mitm_internals imports the proxy server alone (14.5 MB of RSS less)."""
     import sys
 
     code = (
-        "import sys, proxy.master\n"
+        "import sys, proxy.engine.master\n"
         "loaded = sorted(m for m in sys.modules if m.startswith('mitmproxy.addons.'))\n"
         "print(','.join(loaded))\n"
     )

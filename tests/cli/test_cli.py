@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from passlib.apache import HtdigestFile
 
-from proxy.users import format_users, make_user, parse_users
+from proxy.core.users import format_users, make_user, parse_users
 
 PROXYD = Path(sys.executable).parent / "proxyd"
 HTDIGEST = Path("/usr/bin/htdigest")

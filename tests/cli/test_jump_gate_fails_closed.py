@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from proxy import config
 from proxy.cli import jump as jump_cli
 from proxy.cli.main import main
-from proxy.executors import resolver
-from proxy.policy import Policy
+from proxy.core import config
+from proxy.core.policy import Policy
+from proxy.effects import resolver
 
 CONFIG = """\
 listen: 127.0.0.1:3128

@@ -8,14 +8,14 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from proxy.addresses import (
+from proxy.core.addresses import (
     parse_ip_literal,
     parse_port,
     split_hostport,
     url_port,
     validate_hostname,
 )
-from proxy.errors import BadDestination
+from proxy.core.errors import BadDestination
 
 LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
 

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy import config
-from proxy.admission import (
+from proxy.core import config
+from proxy.core.admission import (
     Admission,
     Admit,
     Ask,
@@ -24,8 +24,8 @@ from proxy.admission import (
     ServeLocal,
     read_offer,
 )
-from proxy.digest import DigestVerifier, NonceCodec, UserSecrets
-from proxy.runtime import Runtime
+from proxy.core.digest import DigestVerifier, NonceCodec, UserSecrets
+from proxy.service.runtime import Runtime
 
 NOW = 1_800_000_000.0
 SECRET = b"k" * 32

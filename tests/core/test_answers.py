@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import h11
 
-from proxy import answers
-from proxy.admission import Refuse
+from proxy.core import answers
+from proxy.core.admission import Refuse
 
 
 def read(data: bytes) -> tuple[h11.Response, bytes]:

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.authparams import _scan_auth_params, parse_auth_params
-from proxy.errors import MalformedCredentials
+from proxy.core.authparams import _scan_auth_params, parse_auth_params
+from proxy.core.errors import MalformedCredentials
 
 
 def outcome(parse: Callable[[str], dict[str, str]], text: str) -> tuple[str, object]:

@@ -18,7 +18,7 @@ from proxy.client.credentials import (
     resolve,
 )
 from proxy.client.pacroute import PacError, fetch
-from proxy.errors import ProxydError
+from proxy.core.errors import ProxydError
 
 
 def secret_file(path: Path, text: str, mode: int = 0o600) -> str:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from proxy import config
-from proxy.errors import ConfigError
-from proxy.policy import AuthMode, PortRange
+from proxy.core import config
+from proxy.core.errors import ConfigError
+from proxy.core.policy import AuthMode, PortRange
 
 SHIPPED = Path(__file__).parents[2] / "config" / "proxyd.yaml"
 

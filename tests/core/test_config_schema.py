@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy import config
-from proxy.errors import ConfigError
-from proxy.yamlloc import format_path
+from proxy.core import config
+from proxy.core.errors import ConfigError
+from proxy.core.yamlloc import format_path
 
 REPO = Path(__file__).parents[2]
 REFERENCE = REPO / "config" / "proxyd.yaml"

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.connecthead import BadHead, head_end, is_connect, parse_head
+from proxy.core.connecthead import BadHead, head_end, is_connect, parse_head
 
 LIMIT = 8192
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from proxy.connlimit import SourceCounts
+from proxy.core.connlimit import SourceCounts
 
 
 def test_counts_per_source_and_the_uncounted_over_the_limit() -> None:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from proxy.digest import (
+from proxy.core.digest import (
     REQUIRED_PARAMS,
     DigestCredentials,
     DigestVerifier,
@@ -25,7 +25,7 @@ from proxy.digest import (
     parse_auth_params,
     parse_credentials,
 )
-from proxy.errors import AuthFailure, MalformedCredentials
+from proxy.core.errors import AuthFailure, MalformedCredentials
 
 # --- RFC 7616 section 3.9.1 ---------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from proxy.digest import (
+from proxy.core.digest import (
     DigestVerifier,
     NonceCodec,
     UserSecrets,
@@ -21,7 +21,7 @@ from proxy.digest import (
     parse_auth_params,
     parse_credentials,
 )
-from proxy.digest_client import (
+from proxy.core.digest_client import (
     Challenge,
     ChallengeError,
     CredentialsRejected,
@@ -29,7 +29,7 @@ from proxy.digest_client import (
     choose,
     parse_challenges,
 )
-from proxy.errors import AuthFailure
+from proxy.core.errors import AuthFailure
 
 NOW = 1_800_000_000.0
 REALM = "proxyd"

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from proxy.errors import ConfigError
-from proxy.executors.files import SECRET_BYTES, atomic_write, load_or_create_secret
-from proxy.executors.userfile import UserFile, create_users_file
-from proxy.users import format_users, make_user
+from proxy.core.errors import ConfigError
+from proxy.core.users import format_users, make_user
+from proxy.effects.files import SECRET_BYTES, atomic_write, load_or_create_secret
+from proxy.effects.userfile import UserFile, create_users_file
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.firstbytes import Path, classify
+from proxy.core.firstbytes import Path, classify
 
 
 @pytest.mark.parametrize(

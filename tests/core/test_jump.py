@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy import config
-from proxy.jump import (
+from proxy.core import config
+from proxy.core.jump import (
     Account,
     JumpError,
     authorized_keys_line,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy import config
-from proxy.policy import Decision, Policy, Verdict
+from proxy.core import config
+from proxy.core.policy import Decision, Policy, Verdict
 
 CONFIG = """\
 realm: proxyd

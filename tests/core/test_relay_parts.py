@@ -7,7 +7,7 @@ import pytest
 from proxy.cli.relay import listen_address
 from proxy.client.h11io import end_to_end
 from proxy.client.relay import ClientError, parse_absolute, parse_authority
-from proxy.errors import ProxydError
+from proxy.core.errors import ProxydError
 
 
 def test_absolute_form_targets() -> None:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from proxy import splice
+from proxy.front import splice
 
 MiB = 1 << 20
 
@@ -37,7 +37,7 @@ class Tunnel:
         def on_bytes(up: bool, n: int) -> None:
             self.counted[up] += n
 
-        self.relay = splice.Relay(client_side, server_side, pool, on_bytes=on_bytes, **relay_args)  # type: ignore[arg-type]
+        self.relay = splice.Splicer(client_side, server_side, pool, on_bytes=on_bytes, **relay_args)  # type: ignore[arg-type]
         self.sides = (client_side, server_side)
 
     def close(self) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.sshkeys import BadKey, parse_key_file
+from proxy.core.sshkeys import BadKey, parse_key_file
 
 
 def keygen(tmp_path: Path, *args: str, comment: str = "alice@partner") -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.throttle import BucketSpec, FailureThrottle
+from proxy.core.throttle import BucketSpec, FailureThrottle
 
 
 def test_burst_then_throttled_then_refilled() -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy import config
-from proxy.errors import ConfigError
+from proxy.core import config
+from proxy.core.errors import ConfigError
 
 BASE = """
 auth: {users_file: u, nonce_secret_file: s}

@@ -1,11 +1,11 @@
-"""proxy.upstream: what a client is told when its upstream fails."""
+"""proxy.core.upstream: what a client is told when its upstream fails."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.upstream import CONNECT_TIMEOUT, Failure, classify, explain
+from proxy.core.upstream import CONNECT_TIMEOUT, Failure, classify, explain
 
 TIMEOUTS = {"connect_timeout": 10.0, "read_timeout": 60.0}
 

@@ -7,9 +7,9 @@ import hashlib
 import pytest
 from passlib.hash import htdigest
 
-from proxy.digest import UserSecrets
-from proxy.errors import ConfigError
-from proxy.users import (
+from proxy.core.digest import UserSecrets
+from proxy.core.errors import ConfigError
+from proxy.core.users import (
     HEADER,
     BadUserInput,
     check_password,
@@ -202,7 +202,7 @@ def test_invalid_passwords(password: str, message: str) -> None:
 
 
 def test_expiry_and_note_round_trip_with_awkward_characters() -> None:
-    from proxy.users import format_date, parse_date
+    from proxy.core.users import format_date, parse_date
 
     user = UserSecrets(
         "zoe",

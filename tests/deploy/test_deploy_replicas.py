@@ -43,7 +43,7 @@ pytestmark = pytest.mark.timeout(180)
 
 USER, PASSWORD = next(iter(DEFAULT_USERS.items()))
 # proxyd re-reads the users file when its stat changes, checking at most once a second
-# (proxy/executors/userfile.py); allow that, one health-check round, and a slow machine.
+# (proxy/effects/userfile.py); allow that, one health-check round, and a slow machine.
 USERS_RELOAD_BOUND = 3.0
 ADMIN_RE = re.compile(r"admin listening on ([\d.]+):(\d+)")
 

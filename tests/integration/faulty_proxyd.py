@@ -13,10 +13,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from proxy import addon, admission, guard
-from proxy.addresses import canonical_ip
 from proxy.cli.main import main
-from proxy.firstbytes import Path
+from proxy.core import admission
+from proxy.core.addresses import canonical_ip
+from proxy.core.firstbytes import Path
+from proxy.engine import addon, guard
 from proxy.front import tunnel
 
 

@@ -1,4 +1,4 @@
-"""`proxy.dial` against real loopback listeners: refused, blackholed, and RFC 8305 racing."""
+"""`proxy.front.dial` against real loopback listeners: refused, blackholed, and RFC 8305 racing."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import time
 import pytest
 from harness import ORIGIN_HOST, syn_dropper
 
-from proxy.dial import ATTEMPT_DELAY, DialFailed, dial, interleave
-from proxy.upstream import Failure
+from proxy.core.upstream import Failure
+from proxy.front.dial import ATTEMPT_DELAY, DialFailed, dial, interleave
 
 A = ipaddress.ip_address
 

@@ -36,8 +36,8 @@ from harness import (
     require_tool,
 )
 
-from proxy import config as proxyd_config
-from proxy.addresses import canonical_ip
+from proxy.core import config as proxyd_config
+from proxy.core.addresses import canonical_ip
 
 PAC_TYPE = "application/x-ns-proxy-autoconfig"
 PAC_PATHS = ("/proxy.pac", "/wpad.dat")

@@ -1,0 +1,203 @@
+"""Carries out jump-account steps on this host: useradd, usermod, chage, userdel, pkill,
+and the files in the account's home. Every program gets a list of arguments, never a shell.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import grp
+import json
+import os
+import pwd
+import subprocess
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from proxy.core.config import JumpConfig
+from proxy.core.jump import MARKER, Account, JumpError, Step, authorized_keys_line
+from proxy.effects.files import atomic_write
+
+ACCOUNT_SHELL = "/bin/sh"  # sshd runs the forced command through the login shell
+
+
+def _run(*argv: str) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise JumpError(f"{argv[0]} failed: {result.stderr.strip() or result.returncode}")
+
+
+def is_unmanaged(name: str, group: str) -> bool:
+    """An existing account that proxyd did not create: never touched."""
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return not is_managed(entry, group)
+
+
+def is_managed(entry: pwd.struct_passwd, group: str) -> bool:
+    try:
+        members = grp.getgrnam(group).gr_mem
+    except KeyError:
+        return False
+    return entry.pw_gecos == MARKER and entry.pw_name in members
+
+
+class StateStore:
+    """proxyd's record of each managed account (what the OS does not keep: note, profile,
+    key fingerprint), one JSON file per account, 0600."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def path(self, name: str) -> Path:
+        return self.directory / f"{name}.json"
+
+    def save(self, account: Account) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        record = asdict(account) | {"expires": account.expires.isoformat()}
+        atomic_write(self.path(account.name), json.dumps(record, indent=1).encode())
+
+    def load(self, name: str) -> Account | None:
+        try:
+            record = json.loads(self.path(name).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise JumpError(f"{self.path(name)}: unreadable state: {e}") from e
+        record["expires"] = datetime.date.fromisoformat(record["expires"])
+        return Account(**record)
+
+    def all(self) -> list[Account]:
+        if not self.directory.exists():
+            return []
+        accounts = []
+        for path in sorted(self.directory.glob("*.json")):
+            account = self.load(path.stem)
+            if account is not None:
+                accounts.append(account)
+        return accounts
+
+    def delete(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path(name).unlink()
+
+
+class AuditLog:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, action: str, account: str, fingerprint: str, expires: str) -> None:
+        operator = os.environ.get("SUDO_USER") or pwd.getpwuid(os.getuid()).pw_name
+        record = {
+            "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "operator": operator,
+            "action": action,
+            "account": account,
+            "fingerprint": fingerprint,
+            "expires": expires,
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+class AccountExecutor:
+    """Runs a plan. `account` carries the data the steps refer to by name."""
+
+    def __init__(self, config: JumpConfig, gate_command: str) -> None:
+        self.config = config
+        self.gate_command = gate_command
+        self.state = StateStore(config.state_dir)
+        self.audit_log = AuditLog(config.audit_log)
+
+    def run(self, steps: list[Step], account: Account | None) -> None:
+        for step in steps:
+            getattr(self, step.action)(step, account)
+
+    # one method per step action -----------------------------------------------------------
+
+    def ensure_group(self, step: Step, account: Account | None) -> None:
+        try:
+            grp.getgrnam(self.config.group)
+        except KeyError:
+            _run("groupadd", "--system", self.config.group)
+
+    def create_user(self, step: Step, account: Account | None) -> None:
+        assert account is not None
+        home = self.config.home_base / account.name
+        self.config.home_base.mkdir(parents=True, exist_ok=True)
+        _run(
+            "useradd",
+            "--create-home",
+            "--home-dir",
+            str(home),
+            "--shell",
+            ACCOUNT_SHELL,
+            "--groups",
+            self.config.group,
+            "--expiredate",
+            account.expires.isoformat(),
+            "--comment",
+            MARKER,
+            "--",
+            account.name,
+        )
+
+    def lock_password(self, step: Step, account: Account | None) -> None:
+        # '*': no password matches. Not usermod --lock's '!', which sshd without PAM reads
+        # as a locked account and refuses even for a valid key.
+        _run("usermod", "--password", "*", "--", step.account)
+
+    def write_keys(self, step: Step, account: Account | None) -> None:
+        # Root-owned file in a root-owned folder: the partner can't edit or replace it,
+        # and nothing here follows a path the partner controls.
+        assert account is not None
+        keys_dir = self.config.keys_dir
+        keys_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        line = authorized_keys_line(account, self.gate_command).encode()
+        atomic_write(keys_dir / account.name, line, mode=0o644)
+
+    def delete_keys(self, step: Step, account: Account | None) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.config.keys_dir / step.account).unlink()
+
+    def write_state(self, step: Step, account: Account | None) -> None:
+        assert account is not None
+        self.state.save(account)
+
+    def set_expiry(self, step: Step, account: Account | None) -> None:
+        assert account is not None
+        _run("chage", "--expiredate", account.expires.isoformat(), "--", account.name)
+
+    def lock_account(self, step: Step, account: Account | None) -> None:
+        with contextlib.suppress(KeyError):
+            pwd.getpwnam(step.account)
+            _run("usermod", "--lock", "--expiredate", "1", "--", step.account)
+
+    def kill_sessions(self, step: Step, account: Account | None) -> None:
+        # pkill exits 1 when nothing matched: not an error here. Twice, to catch a session
+        # that was forking while we looked.
+        for _ in range(2):
+            subprocess.run(["pkill", "-KILL", "-u", step.account], capture_output=True, timeout=30)
+            time.sleep(0.1)
+
+    def delete_user(self, step: Step, account: Account | None) -> None:
+        with contextlib.suppress(KeyError):
+            pwd.getpwnam(step.account)
+            _run("userdel", "--remove", "--", step.account)
+
+    def delete_state(self, step: Step, account: Account | None) -> None:
+        self.state.delete(step.account)
+
+    def audit(self, step: Step, account: Account | None) -> None:
+        known = account or self.state.load(step.account)
+        self.audit_log.write(
+            step.detail,
+            step.account,
+            known.fingerprint if known else "",
+            known.expires.isoformat() if known else "",
+        )

@@ -1,1 +1,0 @@
-"""Side effects, one small executor each: the core modules never touch the OS."""

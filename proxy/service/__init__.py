@@ -1,0 +1,1 @@
+"""The wiring of a running proxy: runtime, recorder, metrics, admin listener, workers."""

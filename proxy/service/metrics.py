@@ -1,0 +1,77 @@
+"""Prometheus metrics on a registry proxyd owns (the global one rejects a second build).
+
+Labels are bounded: kind, decision, reason and result come from fixed sets, never from
+user names, hosts or rule text an operator could grow without bound.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from proxy import __version__
+
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+def register_process_metrics(registry: CollectorRegistry, users: Callable[[], int]) -> None:
+    """The users gauge and the build info: one per serving process, read at scrape time.
+    Under `serve --workers N` the supervisor registers them (they can't be summed over the
+    workers, whose other metrics go to prometheus-client's multiprocess files)."""
+    gauge = Gauge("proxyd_users", "Users configured (usable in the realm)", registry=registry)
+    gauge.set_function(lambda: float(users()))
+    Info("proxyd_build", "proxyd build information", registry=registry).info(
+        {"version": __version__}
+    )
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "proxyd_requests",
+            "Requests and tunnels by kind, decision and status",
+            ["kind", "decision", "status"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "proxyd_auth_failures", "Failed authentications by reason", ["reason"], registry=r
+        )
+        self.tunnels_active = Gauge(
+            "proxyd_tunnels_active",
+            "Open CONNECT tunnels",
+            registry=r,
+            multiprocess_mode="livesum",  # summed over the workers alive
+        )
+        self.bytes = Counter(
+            "proxyd_bytes", "Bytes relayed (up: client to server)", ["direction"], registry=r
+        )
+        self.request_duration = Histogram(
+            "proxyd_request_duration_seconds",
+            "Forwarded HTTP request duration",
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.tunnel_setup = Histogram(
+            "proxyd_tunnel_setup_seconds",
+            "CONNECT received to 200 sent",
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.internal_errors = Counter(
+            "proxyd_internal_errors",
+            "Requests and connections refused because something inside proxyd failed "
+            "(where: admission, the gate's boundary; guard, the engine's second check)",
+            ["where"],
+            registry=r,
+        )
+        self.accept_pauses = Counter(
+            "proxyd_accept_pauses",
+            "Times the proxy listener paused accepting (out of file descriptors, mostly)",
+            registry=r,
+        )
+        self.reloads = Counter(
+            "proxyd_reloads", "Config and users reloads", ["what", "result"], registry=r
+        )

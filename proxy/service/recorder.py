@@ -1,0 +1,24 @@
+"""One place where a finished request or tunnel is counted and logged."""
+
+from __future__ import annotations
+
+from proxy.core.accesslog import FORMATS, AccessRecord
+from proxy.effects.logfile import LogFile
+from proxy.service.metrics import Metrics
+
+
+class Recorder:
+    def __init__(self, metrics: Metrics, log: LogFile, fmt: str) -> None:
+        self.metrics = metrics
+        self.log = log
+        self.format = FORMATS[fmt]
+
+    def record(self, record: AccessRecord, decision: str) -> None:
+        kind = "tunnel" if record.method == "CONNECT" else "http"
+        self.metrics.requests.labels(kind, decision, str(record.status)).inc()
+        if record.auth not in ("ok", "none", "no_credentials"):
+            self.metrics.auth_failures.labels(record.auth).inc()
+        if decision == "allow":  # a refusal's own body is not relayed traffic
+            self.metrics.bytes.labels("up").inc(record.bytes_up)
+            self.metrics.bytes.labels("down").inc(record.bytes_down)
+        self.log.write(self.format(record))
