@@ -1,5 +1,5 @@
 """Jump-host accounts, sans-IO: names, the key line, plans of steps, the sshd block, and the
-forced command's grammar. The executors in `executors/accounts.py` carry the steps out.
+forced command's grammar. The executors in `effects/accounts.py` carry the steps out.
 
 A jump account is a real Unix user in the managed group: password locked, one key line in
 `jump.keys_dir/NAME` (root's, read through sshd's `AuthorizedKeysFile`), expiring twice
