@@ -282,6 +282,9 @@ def test_replay_protection_is_per_replica(replicas: Replicas) -> None:
     url = replicas.url("replay")
     with RawConnection(replicas.balancer) as conn:
         challenged = _get(conn, url)
+    # The challenge's own log line may still be on its way from the replica's pipe: wait
+    # for it, or the first count below would see it arrive and blame two replicas.
+    replicas.served_since(url, [0] * len(replicas.replicas))
     challenge = pick_challenge(digest_challenges(challenged), "MD5")
     auth = digest_authorization(challenge, USER, PASSWORD, "GET", url, nc=1)
     seen: set[str] = set()
