@@ -367,13 +367,20 @@ async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> Non
         loop.remove_reader(fd)
 
 
-async def _peek(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
-    """The first bytes, left in the socket for whoever reads them."""
+async def _recv(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, size: int = 65536, flags: int = 0
+) -> bytes:
+    """One receive on the non-blocking socket, waiting until it is readable."""
     while True:
         try:
-            return sock.recv(PEEK, socket.MSG_PEEK)
+            return sock.recv(size, flags)
         except (BlockingIOError, InterruptedError):
             await _readable(loop, sock)
+
+
+async def _peek(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
+    """The first bytes, left in the socket for whoever reads them."""
+    return await _recv(loop, sock, PEEK, socket.MSG_PEEK)
 
 
 async def _read_head(
@@ -381,11 +388,7 @@ async def _read_head(
 ) -> int | None:
     """Read until `buffer` holds a whole head; its end, or None if the client closed."""
     while (end := head_end(buffer, limit)) is None:
-        try:
-            data = sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            await _readable(loop, sock)
-            continue
+        data = await _recv(loop, sock)
         if not data:
             return None
         buffer += data
@@ -406,14 +409,7 @@ async def _close_after_answer(loop: asyncio.AbstractEventLoop, sock: socket.sock
     discarded = 0
     with contextlib.suppress(OSError, TimeoutError):
         async with asyncio.timeout(LINGER_SECONDS):
-            while discarded < LINGER_BYTES:
-                try:
-                    data = sock.recv(65536)
-                except (BlockingIOError, InterruptedError):
-                    await _readable(loop, sock)
-                    continue
-                if not data:
-                    break
+            while discarded < LINGER_BYTES and (data := await _recv(loop, sock)):
                 discarded += len(data)
 
 

@@ -737,35 +737,9 @@ def digest_challenges(headers: Any) -> list[dict[str, str]]:
     return [c for c in parse_challenges(headers) if c["scheme"].lower() == "digest"]
 
 
-def digest_hash(algorithm: str, text: str) -> str:
-    return digest_oracle.hash_hex(algorithm, text)
-
-
-def digest_response(
-    *,
-    algorithm: str,
-    user: str,
-    realm: str,
-    password: str,
-    method: str,
-    uri: str,
-    nonce: str,
-    nc: str,
-    cnonce: str,
-    qop: str = "auth",
-) -> str:
-    return digest_oracle.response(
-        algorithm,
-        user=user,
-        realm=realm,
-        password=password,
-        method=method,
-        uri=uri,
-        nonce=nonce,
-        nc=nc,
-        cnonce=cnonce,
-        qop=qop,
-    )
+# The tests' one independent Digest implementation, under the names the tests use.
+digest_hash = digest_oracle.hash_hex
+digest_response = digest_oracle.response
 
 
 def _quote(value: str) -> str:

@@ -36,33 +36,6 @@ SPEAK_FIRST_BANNER = b"SSH-2.0-proxyd-test\r\n"
 # --- Client side of Digest, independent of proxy/digest.py ---------------------------------
 
 
-def digest_response(
-    algorithm: str,
-    *,
-    username: str,
-    realm: str,
-    password: str,
-    nonce: str,
-    nc: str,
-    cnonce: str,
-    qop: str,
-    method: str,
-    uri: str,
-) -> str:
-    return digest_oracle.response(
-        algorithm,
-        user=username,
-        realm=realm,
-        password=password,
-        method=method,
-        uri=uri,
-        nonce=nonce,
-        nc=nc,
-        cnonce=cnonce,
-        qop=qop,
-    )
-
-
 def quote(value: str) -> str:
     """A quoted-string (RFC 7230 section 3.2.6): backslash-escape backslash and DQUOTE."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -134,9 +107,9 @@ def digest_params(
     nonce = challenge.nonce if nonce is None else nonce
     cnonce = secrets.token_hex(8) if cnonce is None else cnonce
     nc_text = f"{nc:08x}"
-    response = digest_response(
+    response = digest_oracle.response(
         algorithm,
-        username=username,
+        user=username,
         realm=realm,
         password=password,
         nonce=nonce,
