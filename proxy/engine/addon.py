@@ -113,13 +113,14 @@ class ProxydAddon:
         the front's). No client measured here does this; it is refused, not tunneled."""
         if flow.response is not None:
             return
-        for name in HOP_BY_HOP_PROXY_HEADERS:
-            flow.request.headers.pop(name, None)
-        ask = self._ask(flow, ())
+        # The refusal first: nothing below can leave this flow without an answer.
         refusal = Refuse(400, "send CONNECT as the first request of a connection", "bad_request")
         body = refusal_response(flow, refusal, [])
         if flow.response is not None:
             flow.response.headers["Connection"] = "close"
+        for name in HOP_BY_HOP_PROXY_HEADERS:
+            flow.request.headers.pop(name, None)
+        ask = self._ask(flow, ())
         self.recorder.record(
             refusal_record(ask, refusal, len(body), time.time()), decision=refusal.decision
         )

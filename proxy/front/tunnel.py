@@ -79,6 +79,7 @@ class TunnelFront:
         self.pipes = splice.PipePool()
         self.ids = itertools.count(1)
         self.idle: dict[splice.Splicer, list[float]] = {}  # open tunnel -> [last activity]
+        self.idle_timeout = 600.0  # limits.idle_timeout, as the latest tunnel saw it
         self.sweeper: asyncio.TimerHandle | None = None
 
     # --- one connection ---------------------------------------------------------------
