@@ -12,6 +12,7 @@ import time
 from proxy.core import config
 from proxy.core.addresses import canonical_ip, format_hostport, parse_target, split_hostport
 from proxy.core.errors import BadDestination, ConfigError
+from proxy.core.pac import directive as pac_directive
 from proxy.core.pac import generate as generate_pac
 from proxy.effects.resolver import ResolveError, addresses_now, load_hosts
 from proxy.effects.userfile import UserFile, read_users
@@ -60,16 +61,17 @@ def run_reload(args: argparse.Namespace) -> int:
 
 def run_pac(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
-    if cfg.public_address is not None:
-        address = format_hostport(*cfg.public_address)
-    else:
-        address = format_hostport(cfg.listen_host, cfg.listen_port)
+    host, port = cfg.public_address or (cfg.listen_host, cfg.listen_port)
+    address = format_hostport(host, port)
+    if cfg.public_address is None:
         print(
             f"proxyd: no public_address in {args.config}; the PAC points at {address}. "
             "The served PAC points at the address each client used.",
             file=sys.stderr,
         )
-    sys.stdout.write(generate_pac(cfg.policy, address, cfg.pac_domains).text)
+    tls_port = cfg.tls_listen[1] if cfg.tls_listen is not None else None
+    proxies = pac_directive(host, port, tls_port)
+    sys.stdout.write(generate_pac(cfg.policy, proxies, cfg.pac_domains).text)
     return 0
 
 

@@ -9,7 +9,6 @@ import re
 import secrets
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +25,11 @@ from proxy.core.users import (
     check_username,
     format_date,
     format_htdigest,
-    format_users,
     make_user,
     parse_date,
 )
-from proxy.effects.files import atomic_write, locked
-from proxy.effects.userfile import read_users
+from proxy.effects.files import atomic_write
+from proxy.effects.userfile import edit_users, read_users
 
 GENERATED_PASSWORD_BYTES = 18  # 24 characters of base64url
 
@@ -94,19 +92,6 @@ def read_password(args: argparse.Namespace) -> tuple[str, bool]:
     return check_password(first), False
 
 
-def edit_users(
-    cfg: config.Config, change: Callable[[dict[str, UserSecrets]], None]
-) -> dict[str, UserSecrets]:
-    """Read, change and rewrite the users file under its lock; nothing written on error."""
-    path = cfg.auth.users_file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with locked(path):
-        users = read_users(path)
-        change(users)
-        atomic_write(path, format_users(users.values()).encode("utf-8"))
-    return users
-
-
 def _set_password(args: argparse.Namespace, must_exist: bool) -> int:
     cfg = config.load(args.config)
     name = check_username(args.name)
@@ -132,7 +117,7 @@ def _set_password(args: argparse.Namespace, must_exist: bool) -> int:
             expires_, note_ = expires, note
         users[name] = make_user(name, cfg.realm, password, expires_, note_)
 
-    edit_users(cfg, change)
+    edit_users(cfg.auth.users_file, change)
     if generated:
         print(password)
     print(f"{'password set for' if must_exist else 'added'} {name}", file=sys.stderr)
@@ -155,7 +140,7 @@ def run_remove(args: argparse.Namespace) -> int:
         if users.pop(name, None) is None:
             raise BadUserInput(f"no such user: {name}")
 
-    edit_users(cfg, change)
+    edit_users(cfg.auth.users_file, change)
     print(f"removed {name}", file=sys.stderr)
     return 0
 
@@ -171,7 +156,7 @@ def run_renew(args: argparse.Namespace) -> int:
             raise BadUserInput(f"no such user: {name}")
         users[name] = dataclasses.replace(user, expires=expires)
 
-    edit_users(cfg, change)
+    edit_users(cfg.auth.users_file, change)
     until = "never expires" if expires is None else f"refused from {args.expires}"
     print(f"renewed {name}: {until}", file=sys.stderr)
     return 0
@@ -188,6 +173,8 @@ def run_list(args: argparse.Namespace) -> int:
         notes = [user.note] if user.note else []
         if user.expires is not None and user.expires <= now:
             notes.append("EXPIRED")
+        if user.locked:
+            notes.append("LOCKED (password sent in clear) until the password is set again")
         if "SHA-256" not in user.ha1:
             notes.append("MD5 only until the password is set again")
         if user.realm != cfg.realm:
@@ -240,6 +227,6 @@ def run_import(args: argparse.Namespace) -> int:
             users[user.name] = user
             added.append(user.name)
 
-    edit_users(cfg, change)
+    edit_users(cfg.auth.users_file, change)
     print(f"imported {len(added)} user(s) (MD5 only until their password is set again)")
     return 0

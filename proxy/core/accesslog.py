@@ -26,6 +26,7 @@ class AccessRecord:
     auth: str  # ok, none, or a failure reason (bad_response, stale, basic, ...)
     upstream: str | None = None  # the address connected to
     content_type: str | None = None
+    listener: str = "http"  # how the client reached the proxy: http (plain text) or tls
 
 
 CLIENT_GONE = 499  # the client closed before the answer (nginx's code for it)

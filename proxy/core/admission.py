@@ -30,6 +30,7 @@ from proxy.core.addresses import (
     split_hostport,
     validate_hostname,
 )
+from proxy.core.basic import BasicCredentials, parse_basic, verify_basic
 from proxy.core.config import Config
 from proxy.core.digest import DigestCredentials, DigestVerifier, parse_credentials, split_scheme
 from proxy.core.errors import AuthFailure, BadDestination, MalformedCredentials
@@ -73,6 +74,7 @@ class Ask:
     path: bytes = b""  # plain HTTP: path and query
     host_header: bytes | None = None
     over_connection_limit: bool = False
+    tls: bool = False  # the client's connection to the proxy is TLS
 
     @property
     def is_connect(self) -> bool:
@@ -131,7 +133,7 @@ class ServeLocal:
 
     method: str
     path: str
-    pac_address: str  # host:port the PAC points at when there is no public_address
+    pac_host: str  # the host the PAC points at when there is no public_address
 
 
 @dataclass(frozen=True)
@@ -171,22 +173,31 @@ Outcome = Refuse | ServeLocal | Admit | Resolve
 
 @dataclass(frozen=True)
 class Offer:
-    """The Proxy-Authorization a request carries, parsed once: Digest credentials, a
-    failure (Basic), or a refusal (a header outside the grammar). No header: all None."""
+    """The Proxy-Authorization a request carries, parsed once: Digest or Basic
+    credentials, a failure (Basic outside TLS), or a refusal (a header outside the
+    grammar). No header: all None."""
 
     credentials: DigestCredentials | None = None
+    basic: BasicCredentials | None = None
     failure: AuthFailure | None = None
     refusal: Refuse | None = None
 
+    @property
+    def username(self) -> str | None:
+        offered = self.credentials or self.basic
+        return offered.username if offered is not None else None
 
-def read_offer(values: Sequence[bytes]) -> Offer:
+
+def read_offer(values: Sequence[bytes], basic_allowed: bool = False) -> Offer:
     if not values:
         return Offer()
     if len(values) > 1:
         return Offer(refusal=Refuse(400, "more than one Proxy-Authorization header", "bad_request"))
     try:
-        scheme, _ = split_scheme(values[0])
+        scheme, rest = split_scheme(values[0])
         if scheme == "basic":
+            if basic_allowed:
+                return Offer(basic=parse_basic(rest))
             return Offer(failure=AuthFailure("basic"))
         return Offer(credentials=parse_credentials(values[0]))
     except MalformedCredentials as e:
@@ -221,22 +232,27 @@ class Admission:
             return self._serve_local(ask, host, port)
         if not ask.is_connect and ask.scheme != "http":
             return Refuse(400, "use CONNECT for https", "bad_request")
-        offer = read_offer(ask.proxy_authorization)
+        offer = read_offer(ask.proxy_authorization, ask.tls and runtime.config.auth.basic_over_tls)
         if offer.refusal is not None:
             return offer.refusal
         user, failure = None, offer.failure
-        if offer.credentials is not None:
-            claimed = offer.credentials.username
+        claimed = offer.username
+        if claimed is not None:
             if self.throttle.throttled(ask.peer, claimed, now):
                 # Not even verified: a guesser learns nothing while throttled.
                 return Refuse(429, "too many failed logins, retry later", "throttled", claimed)
+            verifier = runtime.verifier
             try:
-                user = runtime.verifier.verify(
-                    offer.credentials,
-                    ask.method.decode("ascii"),
-                    request_uris(ask, host, port),
-                    now,
-                )
+                if offer.basic is not None:
+                    user = verify_basic(offer.basic, verifier.realm, verifier.lookup, now)
+                else:
+                    assert offer.credentials is not None
+                    user = verifier.verify(
+                        offer.credentials,
+                        ask.method.decode("ascii"),
+                        request_uris(ask, host, port),
+                        now,
+                    )
             except AuthFailure as e:
                 failure = e
                 self.throttle.failed(ask.peer, claimed, e.reason, now)
@@ -295,11 +311,10 @@ class Admission:
     @staticmethod
     def _serve_local(ask: Ask, host: str, port: int) -> ServeLocal:
         path = ask.path.decode("latin-1").split("?", 1)[0]
-        address = format_hostport(host, port)
         if ask.host_header is not None:
-            with contextlib.suppress(BadDestination):  # else the target's own host:port
-                address = format_hostport(*split_hostport(header_target(ask.host_header), port))
-        return ServeLocal(ask.display_method(), path, address)
+            with contextlib.suppress(BadDestination):  # else the target's own host
+                host = split_hostport(header_target(ask.host_header), port)[0]
+        return ServeLocal(ask.display_method(), path, host)
 
     @staticmethod
     def _decide(
@@ -323,11 +338,31 @@ class Admission:
             # Credentials that were sent and are wrong are always refused, even where a rule
             # would let the request through without any: a client must not learn to ignore 407.
             return Refuse(
-                407, "authentication failed", failure.reason, user, failure.stale, decision.rule
+                407,
+                _failure_text(runtime, ask, failure),
+                failure.reason,
+                user,
+                failure.stale,
+                decision.rule,
             )
         if decision.verdict is Verdict.AUTH_REQUIRED:
             return Refuse(407, "authentication required", "no_credentials", rule=decision.rule)
         return Admit(str(source), user, decision.rule, tuple(addresses), port, target)
+
+
+def _failure_text(runtime: Runtime, ask: Ask, failure: AuthFailure) -> str:
+    """The 407's one line. Basic refused on plain text says where it is accepted."""
+    if failure.reason != "basic":
+        return "authentication failed"
+    tls_listen, auth = runtime.config.tls_listen, runtime.config.auth
+    if tls_listen is None or not auth.basic_over_tls:
+        return "Basic is refused (it sends the password in clear): use Digest"
+    public = runtime.config.public_address
+    host = public[0] if public is not None else (ask.local[0] if ask.local else tls_listen[0])
+    return (
+        "Basic is refused on plain text (it sends the password in clear): use Digest, "
+        f"or Basic over TLS: give the proxy as https://{format_hostport(host, tls_listen[1])}"
+    )
 
 
 def header_target(raw: bytes) -> str:

@@ -54,7 +54,11 @@ SCHEMA: Schema = {
         "nonce_secret_file": None,
         "nonce_lifetime": None,
         "algorithms": None,
+        "basic_over_tls": None,
+        "lock_on_plaintext": None,
     },
+    "tls_listen": None,
+    "tls": {"certificate": None, "key": None},
     "dns": {"hosts_file": None, "timeout": None},
     "zones": None,
     "rules": {
@@ -122,6 +126,21 @@ class AuthConfig:
     nonce_secret_file: Path
     nonce_lifetime: int
     algorithms: tuple[str, ...]
+    # Basic credentials are accepted inside TLS only (the TLS listener, or a TLS handshake
+    # on the plain port); on plain text they stay refused.
+    basic_over_tls: bool = False
+    # A valid Basic password sent in clear to the TLS port locks its user until the
+    # password is changed (it has crossed the wire readable).
+    lock_on_plaintext: bool = False
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """The proxy's own certificate (PEM, with its chain) and key: read and checked by
+    effects/tlsfiles.py, never here."""
+
+    certificate: Path
+    key: Path
 
 
 @dataclass(frozen=True)
@@ -194,6 +213,8 @@ class Config:
     upstream: UpstreamConfig = UpstreamConfig()
     jump: JumpConfig = JumpConfig()
     access_log: AccessLogConfig = AccessLogConfig(None, "squid")
+    tls_listen: tuple[str, int] | None = None  # the TLS listener (`https://host:port`)
+    tls: TlsConfig | None = None  # also serves a TLS handshake on the plain port
 
 
 def parse_hostport(text: str, *, allow_zero: bool) -> tuple[str, int]:
@@ -416,6 +437,10 @@ class _Builder:
         )
         realm = c.field(top, (), "realm", _realm, "proxyd")
         auth = self.auth(top.get("auth"))
+        tls_listen = c.field(
+            top, (), "tls_listen", lambda v: parse_hostport(_string(v), allow_zero=True)
+        )
+        tls = self.tls(top.get("tls"), tls_listen, listen)
         dns = c.mapping(top.get("dns"), ("dns",), _known("dns"))
         hosts_file = c.field(dns, ("dns",), "hosts_file", self.path)
         dns_timeout = c.field(dns, ("dns",), "timeout", _seconds, 5.0)
@@ -461,7 +486,31 @@ class _Builder:
             limits=limits,
             upstream=upstream,
             jump=jump,
+            tls_listen=tls_listen,
+            tls=tls,
         )
+
+    def tls(
+        self, value: Any, tls_listen: tuple[str, int] | None, listen: tuple[str, int] | None
+    ) -> TlsConfig | None:
+        c, path = self.c, ("tls",)
+        if value is None:
+            if tls_listen is not None:
+                c.error(path, "tls_listen needs tls.certificate and tls.key")
+            return None
+        tls = c.mapping(value, path, _known(*path))
+        certificate = c.field(tls, path, "certificate", self.path, required=True)
+        key = c.field(tls, path, "key", self.path, required=True)
+        if (
+            tls_listen is not None
+            and listen is not None
+            and tls_listen[1] != 0
+            and tls_listen[1] == listen[1]
+        ):
+            c.error(("tls_listen",), "must be another port than listen")
+        if certificate is None or key is None:
+            return None
+        return TlsConfig(certificate, key)
 
     def jump(self, value: Any) -> JumpConfig:
         c, path, d = self.c, ("jump",), JumpConfig()
@@ -548,6 +597,8 @@ class _Builder:
         users_file = c.field(auth, path, "users_file", self.path, required=True)
         secret_file = c.field(auth, path, "nonce_secret_file", self.path, required=True)
         lifetime = c.field(auth, path, "nonce_lifetime", _integer(1, 86400), 300)
+        basic_over_tls = c.field(auth, path, "basic_over_tls", _boolean, False)
+        lock_on_plaintext = c.field(auth, path, "lock_on_plaintext", _boolean, False)
         algorithms: list[str] = []
         for i, alg in enumerate(
             c.items(auth.get("algorithms", ["MD5", "SHA-256"]), (*path, "algorithms"))
@@ -562,7 +613,14 @@ class _Builder:
             c.error((*path, "algorithms"), "at least one algorithm is needed")
         if users_file is None or secret_file is None or lifetime is None:
             return None
-        return AuthConfig(users_file, secret_file, lifetime, tuple(algorithms))
+        return AuthConfig(
+            users_file,
+            secret_file,
+            lifetime,
+            tuple(algorithms),
+            basic_over_tls=bool(basic_over_tls),
+            lock_on_plaintext=bool(lock_on_plaintext),
+        )
 
     def zones(self, value: Any) -> dict[str, netaddr.IPSet]:
         c, zones = self.c, {}

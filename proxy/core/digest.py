@@ -254,6 +254,7 @@ class UserSecrets:
     ha1: dict[str, str]
     expires: float | None = None  # seconds since the epoch; refused from then on
     note: str = ""  # who and why, for the operator
+    locked: bool = False  # refused until a new password is set
 
     def __repr__(self) -> str:
         # An HA1 answers any challenge of its realm, like the password: a log line, a
@@ -261,7 +262,7 @@ class UserSecrets:
         hidden = ", ".join(f"{algorithm!r}: '***'" for algorithm in self.ha1)
         return (
             f"UserSecrets(name={self.name!r}, realm={self.realm!r}, ha1={{{hidden}}}, "
-            f"expires={self.expires!r}, note={self.note!r})"
+            f"expires={self.expires!r}, note={self.note!r}, locked={self.locked!r})"
         )
 
 
@@ -282,6 +283,15 @@ def expected_response(algorithm: str, ha1_hex: str, creds: DigestCredentials, me
     return hash_hex(
         algorithm, f"{ha1_hex}:{creds.nonce}:{creds.nc_text}:{creds.cnonce}:{creds.qop}:{ha2}"
     )
+
+
+def refuse_unusable(user: UserSecrets, now: float) -> None:
+    """For a user whose password was just proven: expired or locked is said only to a
+    client that knows the password."""
+    if user.expires is not None and now >= user.expires:
+        raise AuthFailure("expired")
+    if user.locked:
+        raise AuthFailure("locked")
 
 
 class DigestVerifier:
@@ -330,8 +340,7 @@ class DigestVerifier:
             raise AuthFailure("algorithm_unavailable")
         if not matches:
             raise AuthFailure("bad_response")
-        if user.expires is not None and now >= user.expires:
-            raise AuthFailure("expired")  # said only to a client that knows the password
+        refuse_unusable(user, now)
         if self.nonces.is_stale(issued, now):
             raise AuthFailure("stale", stale=True)
         if not self.replay.accept(creds.nonce, creds.nc, issued + self.nonces.lifetime, now):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import netaddr
 
+from proxy.core.addresses import format_hostport
 from proxy.core.policy import Policy, PortRange
 
 
@@ -108,14 +109,23 @@ function FindProxyForURL(url, host) {
 """
 
 
-def generate(policy: Policy, public_address: str, domains: Sequence[str] = ()) -> PacFile:
-    """The PAC text for clients that reach the proxy at `public_address` (host:port)."""
+def directive(host: str, port: int, tls_port: int | None = None) -> str:
+    """What the PAC returns for a destination through the proxy. With a TLS listener,
+    `HTTPS` first (Chromium and Firefox speak TLS to the proxy, so Basic is safe there),
+    then the plain port for clients that don't know `HTTPS`."""
+    plain = f"PROXY {format_hostport(host, port)}"
+    return plain if tls_port is None else f"HTTPS {format_hostport(host, tls_port)}; {plain}"
+
+
+def generate(policy: Policy, proxies: str, domains: Sequence[str] = ()) -> PacFile:
+    """The PAC text; `proxies` is its answer for destinations through the proxy
+    (`directive`)."""
     rules = []
     for v4, v6, ports in _public_rules(policy):
         masks = [[str(netaddr.IPNetwork(c).ip), str(netaddr.IPNetwork(c).netmask)] for c in v4]
         rules.append([masks, v6, [[p.low, p.high] for p in ports]])
     text = _TEMPLATE % {
-        "proxy": json.dumps(f"PROXY {public_address}"),
+        "proxy": json.dumps(proxies),
         "rules": json.dumps(rules),
         "domains": json.dumps([d.lower() for d in domains]),
     }

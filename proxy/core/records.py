@@ -29,6 +29,7 @@ class Exchange:
     status: int = 200
     content_type: str | None = field(default=None)
     read_timed_out: bool = False
+    listener: str = "http"
 
     # Stream callbacks for bodies mitmproxy streams instead of buffering.
     def count_up(self, chunk: bytes) -> bytes:
@@ -60,6 +61,7 @@ class Exchange:
             auth="ok" if self.user else "none",
             upstream=self.upstream,
             content_type=self.content_type,
+            listener=self.listener,
         )
 
 
@@ -77,7 +79,12 @@ def refusal_record(ask: Ask, refusal: Refuse, body_bytes: int, now: float) -> Ac
         rule=refusal.rule,
         auth=refusal.auth,
         content_type="text/plain",
+        listener=listener_of(ask),
     )
+
+
+def listener_of(ask: Ask) -> str:
+    return "tls" if ask.tls else "http"
 
 
 def unjudged_record(
@@ -87,19 +94,24 @@ def unjudged_record(
     status: int,
     now: float,
     body_bytes: int = 0,
+    listener: str = "http",
+    user: str | None = None,
+    auth: str = "none",
 ) -> AccessRecord:
-    """A connection answered before any decision (noise, a malformed head) or by the
-    boundary's error path (500): method and target as printable text, nothing more."""
+    """A connection answered before any decision (noise, a malformed head, plain text on
+    the TLS port) or by the boundary's error path (500): method and target as printable
+    text, and the user a refused head named."""
     return AccessRecord(
         time=now,
         duration_ms=0,
         client=peer,
-        user=None,
+        user=user,
         method=method,
         target=target,
         status=status,
         bytes_up=0,
         bytes_down=body_bytes,
         rule=None,
-        auth="none",
+        auth=auth,
+        listener=listener,
     )

@@ -2,9 +2,10 @@
 
 One line per user, `name:realm:md5-ha1:sha256-ha1[:expires[:note]]`, HA1 =
 H(name:realm:password) in hex, expires an ISO date (the first day the user is refused) and
-the note percent-encoded. It is a superset of Apache's htdigest format
-(`name:realm:md5-ha1`), so an htdigest file reads as a users file whose users can do MD5
-only. HA1 values are password equivalents for
+the note percent-encoded. A `!` before the MD5 field locks the user (as in /etc/shadow)
+until a new password is set: proxyd locks a user whose password crossed the wire in clear.
+It is a superset of Apache's htdigest format (`name:realm:md5-ha1`), so an htdigest file
+reads as a users file whose users can do MD5 only. HA1 values are password equivalents for
 that realm: the file is written 0600 and never logged.
 """
 
@@ -37,6 +38,7 @@ _NOTE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in ":%")
 MAX_NOTE = 500
 _USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _HEX = {"MD5": re.compile(r"^[0-9a-f]{32}$"), "SHA-256": re.compile(r"^[0-9a-f]{64}$")}
+LOCK_MARK = "!"
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
 
@@ -126,6 +128,8 @@ def parse_users(text: str, filename: str) -> dict[str, UserSecrets]:
         if not _USERNAME_RE.fullmatch(name):
             errors.append(f"{where}: invalid user name {name!r}")
             continue
+        locked = hashes[0].startswith(LOCK_MARK)
+        hashes[0] = hashes[0].removeprefix(LOCK_MARK)
         secrets: dict[str, str] = {}
         for algorithm, value in zip(("MD5", "SHA-256"), hashes, strict=False):
             value = value.lower()
@@ -137,7 +141,7 @@ def parse_users(text: str, filename: str) -> dict[str, UserSecrets]:
             errors.append(f"{where}: user {name!r} has no hash")
         if name in users:
             errors.append(f"{where}: user {name!r} listed twice")
-        users[name] = UserSecrets(name, realm, secrets, expires, note)
+        users[name] = UserSecrets(name, realm, secrets, expires, note, locked)
     if errors:
         raise ConfigError(errors)
     return users
@@ -146,7 +150,8 @@ def parse_users(text: str, filename: str) -> dict[str, UserSecrets]:
 def format_users(users: Iterable[UserSecrets]) -> str:
     lines = [HEADER]
     for u in sorted(users, key=lambda u: u.name):
-        fields = [u.name, u.realm, u.ha1.get("MD5", ""), u.ha1.get("SHA-256", "")]
+        md5 = (LOCK_MARK if u.locked else "") + u.ha1.get("MD5", "")
+        fields = [u.name, u.realm, md5, u.ha1.get("SHA-256", "")]
         if u.expires is not None or u.note:
             fields.append(format_date(u.expires) if u.expires is not None else "")
         if u.note:
@@ -156,9 +161,10 @@ def format_users(users: Iterable[UserSecrets]) -> str:
 
 
 def format_htdigest(users: Iterable[UserSecrets]) -> str:
-    """Apache htdigest lines (`name:realm:md5-ha1`), which Squid's digest_file_auth -c reads."""
+    """Apache htdigest lines (`name:realm:md5-ha1`), which Squid's digest_file_auth -c
+    reads. Locked users are left out: htdigest has no lock, so they would be unlocked."""
     return "".join(
         f"{u.name}:{u.realm}:{u.ha1['MD5']}\n"
         for u in sorted(users, key=lambda u: u.name)
-        if "MD5" in u.ha1
+        if "MD5" in u.ha1 and not u.locked
     )

@@ -9,6 +9,7 @@ everyone out nor let anyone in. Only a file that `proxyd users` wrote may hold n
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -17,8 +18,8 @@ from pathlib import Path
 
 from proxy.core.digest import UserSecrets
 from proxy.core.errors import ConfigError
-from proxy.core.users import HEADER, parse_users, written_by_proxyd
-from proxy.effects.files import create_if_missing
+from proxy.core.users import HEADER, format_users, parse_users, written_by_proxyd
+from proxy.effects.files import atomic_write, create_if_missing, locked
 
 log = logging.getLogger("proxyd.users")
 
@@ -37,6 +38,35 @@ def read_users(path: Path) -> dict[str, UserSecrets]:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError([f"{path}: cannot read: {e}"]) from e
     return parse_users(text, str(path))
+
+
+def edit_users(
+    path: Path, change: Callable[[dict[str, UserSecrets]], None]
+) -> dict[str, UserSecrets]:
+    """Read, change and rewrite the users file under its lock; nothing written on error.
+    `proxyd users` edits it so, and the proxy itself when it locks a user."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with locked(path):
+        users = read_users(path)
+        change(users)
+        atomic_write(path, format_users(users.values()).encode("utf-8"))
+    return users
+
+
+def lock_user(path: Path, name: str) -> bool:
+    """Lock `name` until a new password is set; False if there is no such user or it
+    was locked already."""
+    changed = False
+
+    def change(users: dict[str, UserSecrets]) -> None:
+        nonlocal changed
+        user = users.get(name)
+        if user is not None and not user.locked:
+            users[name] = dataclasses.replace(user, locked=True)
+            changed = True
+
+    edit_users(path, change)
+    return changed
 
 
 def create_users_file(path: Path) -> None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
+from typing import Any
 
 from mitmproxy import connection, http
 from mitmproxy.proxy import commands, events, layer, layers, server_hooks
@@ -36,10 +38,11 @@ from proxy.core.upstream import CONNECT_TIMEOUT, classify, explain
 from proxy.engine import mitm_internals as engine
 from proxy.engine.guard import ADMITTED, NOT_ADMITTED, Admitted, internal_error_response
 from proxy.engine.mitm_internals import Proxyserver
+from proxy.service.certificates import Certificates
 from proxy.service.deciding import decide
 from proxy.service.metrics import Metrics
 from proxy.service.recorder import Recorder
-from proxy.service.runtime import Runtime
+from proxy.service.runtime import ListenPorts, Runtime
 
 log = logging.getLogger("proxyd")
 
@@ -100,6 +103,13 @@ class ProxydAddon:
         # Abuse state outlives reloads; a reload only changes the limits.
         self.admission = Admission(runtime.config.limits.auth_failures)
         self.counts = SourceCounts()  # kept by the listener, for both paths
+        self.tls_peers: set[Any] = set()  # peers of TLS connections (the front adds them)
+        self.certificates: Certificates | None = None  # with `tls`: what TLS serves
+        cfg = runtime.config
+        self.ports = ListenPorts(cfg.listen_port, cfg.tls_listen[1] if cfg.tls_listen else None)
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        return self.certificates.context if self.certificates is not None else None
 
     def swap(self, runtime: Runtime) -> None:
         """Install a fully built runtime (reload): one reference, never a half-built one."""
@@ -175,6 +185,7 @@ class ProxydAddon:
             path=request.data.path,
             host_header=host_header[0] if len(host_header) == 1 else None,
             over_connection_limit=client.peername in self.counts.over,
+            tls=client.peername in self.tls_peers,
         )
 
     def _apply(
@@ -217,7 +228,7 @@ class ProxydAddon:
         """Requests for the proxy itself: the PAC, without auth; anything else 404.
         Never forwarded, so the proxy can't loop to itself."""
         if local.path in PAC_PATHS and local.method in ("GET", "HEAD"):
-            pac = runtime.pac(local.pac_address)
+            pac = runtime.pac(local.pac_host, self.ports)
             headers = {
                 "Content-Type": "application/x-ns-proxy-autoconfig",
                 "ETag": pac.etag,
@@ -254,8 +265,7 @@ class ProxydAddon:
         )
 
     def _refuse(self, flow: http.HTTPFlow, ask: Ask, refusal: Refuse, runtime: Runtime) -> None:
-        challenges = runtime.challenges(refusal.stale) if refusal.status == 407 else []
-        body = refusal_response(flow, refusal, challenges)
+        body = refusal_response(flow, refusal, runtime.challenges(refusal, ask.tls))
         self.recorder.record(
             refusal_record(ask, refusal, len(body), time.time()), decision=refusal.decision
         )

@@ -29,6 +29,7 @@ from proxy.engine.guard import EngineGuard
 from proxy.engine.mitm_internals import ErrorAnswers, Listener, Master, Proxyserver
 from proxy.front.tunnel import TunnelFront
 from proxy.service.admin import AdminServer
+from proxy.service.certificates import CHECK_INTERVAL, Certificates
 from proxy.service.metrics import Metrics, register_process_metrics
 from proxy.service.recorder import Recorder
 from proxy.service.runtime import Runtime, build_runtime
@@ -58,6 +59,19 @@ class Lifecycle:
         self.admin = AdminServer(self.metrics.registry, ready=lambda: self.listening)
         self.listening = False
         self.failed = False
+        self.certificate_checks: asyncio.Task[None] | None = None
+
+    async def check_certificates(self, certificates: Certificates) -> None:
+        """Rotation without a signal (certbot, cert-manager): look at the files every
+        second; the addon's current `Certificates` is asked, a reload may replace it."""
+        while True:
+            await asyncio.sleep(CHECK_INTERVAL)
+            current = self.addon.certificates
+            if current is not None:
+                try:
+                    current.check()
+                except Exception:  # never the end of rotation: log, and look again
+                    log.exception("certificate check failed")
 
     async def running(self) -> None:
         from mitmproxy import ctx
@@ -80,9 +94,17 @@ class Lifecycle:
                 return
             log.info("proxyd: admin listening on %s", format_hostport(host, port))
         self.listening = True
+        self.addon.ports = Listener.bound_ports()
+        if self.addon.certificates is not None:
+            self.certificate_checks = asyncio.get_running_loop().create_task(
+                self.check_certificates(self.addon.certificates)
+            )
         if self.role is None:
-            for addr in addrs:
-                log.info("proxyd: listening on %s", format_hostport(addr[0], addr[1]))
+            for server in Listener.servers:
+                what = "TLS listening" if server.listener == "tls" else "listening"
+                for sock in server.sockets:
+                    addr = sock.getsockname()
+                    log.info("proxyd: %s on %s", what, format_hostport(addr[0], addr[1]))
         else:
             log.info("proxyd: worker %d ready", self.role.index)
             self.role.announce()
@@ -120,6 +142,8 @@ class Lifecycle:
 
     async def done(self) -> None:
         self.listening = False
+        if self.certificate_checks is not None:
+            self.certificate_checks.cancel()
         for server in Listener.servers:
             await server.end_connections()  # the front's: mitmproxy ends only its own
         Listener.servers.clear()
@@ -139,6 +163,7 @@ class Lifecycle:
             if self.role is not None:
                 new = self.role.apply(new)
             runtime = build_runtime(new, replay=self.addon.runtime.verifier.replay)
+            certificates = self.reloaded_certificates(new)
         except (ConfigError, OSError, ValueError) as e:
             self.metrics.reloads.labels("config", "error").inc()
             log.error("reload refused, the previous config keeps serving:\n%s", e)
@@ -147,14 +172,30 @@ class Lifecycle:
             ("listen", (old.listen_host, old.listen_port), (new.listen_host, new.listen_port)),
             ("admin_listen", old.admin_listen, new.admin_listen),
             ("access_log", old.access_log, new.access_log),
+            ("tls_listen", old.tls_listen, new.tls_listen),
         ):
             if before != after:
                 log.warning("reload: a new %s takes effect on restart only", what)
         self.addon.swap(runtime)
+        self.addon.certificates = certificates
         self.count_user_reloads(runtime)
         apply_limits(new)
         self.metrics.reloads.labels("config", "ok").inc()
         log.info("config reloaded from %s", self.config_path)
+
+    def reloaded_certificates(self, new: config_mod.Config) -> Certificates | None:
+        """SIGHUP reads the certificate files again (ConfigError refuses the reload).
+        A running TLS listener keeps its certificate until restart if `tls` is removed."""
+        current = self.addon.certificates
+        if new.tls is None:
+            if current is not None and Listener.tls is not None:
+                log.warning("reload: the TLS listener keeps its certificate until restart")
+                return current
+            return None
+        if current is None:
+            return Certificates(new.tls, self.metrics)
+        current.replace(new.tls)
+        return current
 
 
 def build_master(
@@ -175,6 +216,9 @@ def build_master(
     server = Proxyserver()
     recorder = Recorder(metrics, access_log, cfg.access_log.format)
     addon = ProxydAddon(runtime, recorder, tunnels, server)
+    if cfg.tls is not None:
+        addon.certificates = Certificates(cfg.tls, metrics)  # ConfigError: no start
+    Listener.tls = cfg.tls_listen
     ErrorAnswers.make = addon.error_answer
     Listener.front = TunnelFront(addon)
     Listener.servers.clear()

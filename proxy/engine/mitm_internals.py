@@ -25,7 +25,9 @@ from mitmproxy import version as _version
 from proxy.core.errors import UnsupportedEngine
 from proxy.core.headerlimit import HeaderLimit, head_too_large, too_large_answer
 from proxy.front.accept import FrontServer, bind
+from proxy.front.clients import Client
 from proxy.front.tunnel import TunnelFront
+from proxy.service.runtime import ListenPorts
 
 SUPPORTED_SERIES = "12.3"
 
@@ -80,40 +82,53 @@ class Listener:
     reuse_port = False  # `serve --workers N`: every worker binds the same port
     linger = 600.0  # limits.idle_timeout: how long a closed client may take to read the rest
     front: TunnelFront | None = None  # set by the master: every connection meets it first
+    tls: tuple[str, int] | None = None  # `tls_listen`, served by the same instance
     servers: list[FrontServer] = []  # this process's listeners (the front cancels their tasks)
     on_pause: Callable[[], None] = staticmethod(lambda: None)
+
+    @classmethod
+    def bound_ports(cls) -> ListenPorts:
+        """The ports as bound (the config may say 0, any free port)."""
+        ports = {s.listener: s.sockets[0].getsockname()[1] for s in cls.servers if s.sockets}
+        return ListenPorts(ports.get("http", 0), ports.get("tls"))
 
 
 async def _listen(self: mode_servers.RegularInstance, host: str, port: int) -> list[asyncio.Server]:
     """Replaces `AsyncioServerInstance.listen` for regular mode: proxyd accepts, its front
     sees each connection first (front/tunnel.py) and hands every request that is not a
-    CONNECT to the engine. Relies on: the instance's `handle_stream(reader, writer)` serving
-    one client connection to its end, and on the instance keeping what this returns only
+    CONNECT to the engine. The TLS listener (`tls_listen`) is a second server of the same
+    instance. Relies on: the instance's `handle_stream(reader, writer)` serving one client
+    connection to its end with any reader and writer that have the stream methods (it
+    takes mitmproxy_rs streams too), and on the instance keeping what this returns only
     to list its sockets (`.sockets`) and stop it (`.close()`)."""
     front = Listener.front
     if front is None:
         raise RuntimeError("the tunnel front is not set up")
 
-    async def handoff(sock: socket.socket, already_read: bytes) -> None:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=2**16, loop=loop)
-        if already_read:
-            reader.feed_data(already_read)  # before the transport reads anything after it
-        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-        transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
-        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+    async def handoff(client: Client, already_read: bytes) -> None:
+        reader, writer, transport = await client.streams(already_read)
         try:
             await self.handle_stream(reader, writer)
         finally:
             await release(transport, Listener.linger)
 
-    async def serve(sock: socket.socket, peer: Any) -> None:
-        await front.serve(sock, peer, handoff)
+    def server_for(listener: str, address: tuple[str, int]) -> FrontServer:
+        async def serve(sock: socket.socket, peer: Any) -> None:
+            await front.serve(sock, peer, handoff, listener)
 
-    sockets = bind(host or None, port, Listener.backlog, Listener.reuse_port)
-    server = FrontServer(sockets, serve, Listener.on_pause)
-    Listener.servers.append(server)
-    return [server]  # type: ignore[list-item]
+        sockets = bind(address[0] or None, address[1], Listener.backlog, Listener.reuse_port)
+        server = FrontServer(sockets, serve, Listener.on_pause, listener)
+        Listener.servers.append(server)
+        return server
+
+    servers = [server_for("http", (host, port))]
+    if Listener.tls is not None:
+        try:
+            servers.append(server_for("tls", Listener.tls))
+        except OSError:
+            servers[0].close()
+            raise
+    return servers  # type: ignore[return-value]
 
 
 async def release(transport: asyncio.BaseTransport, linger: float) -> None:
@@ -121,17 +136,18 @@ async def release(transport: asyncio.BaseTransport, linger: float) -> None:
     `writer.close()`, which asyncio completes only once its write buffer is empty: a client
     that stopped reading would hold its socket forever, outside every connection count.
     While the client still reads, it gets the rest; after `linger` seconds without progress
-    (or at shutdown) the socket is aborted."""
+    (or at shutdown) the socket is aborted. asyncio's TLS transport bounds its own close
+    (flush, close_notify) by its shutdown timeout instead."""
     if not isinstance(transport, asyncio.WriteTransport):
         return
     if not transport.is_closing():
         transport.close()
     step = min(1.0, linger / 4)
-    left, still = transport.get_write_buffer_size(), 0.0
+    left, still = _unsent(transport), 0.0
     try:
         while left:
             await asyncio.sleep(step)
-            now = transport.get_write_buffer_size()
+            now = _unsent(transport)
             still = still + step if now >= left else 0.0
             left = now
             if left and still >= linger:
@@ -140,6 +156,13 @@ async def release(transport: asyncio.BaseTransport, linger: float) -> None:
     except asyncio.CancelledError:
         _reset(transport)
         raise
+
+
+def _unsent(transport: asyncio.WriteTransport) -> int:
+    try:
+        return transport.get_write_buffer_size()
+    except AttributeError:  # asyncio's TLS transport, once closed, has no buffer to ask
+        return 0
 
 
 def _reset(transport: asyncio.WriteTransport) -> None:

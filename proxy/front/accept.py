@@ -91,7 +91,9 @@ class FrontServer:
         sockets: list[socket.socket],
         serve: Serve,
         on_pause: Callable[[], None] = lambda: None,
+        listener: str = "http",
     ) -> None:
+        self.listener = listener  # http (plain text) or tls
         self.sockets = sockets
         self.serve = serve
         self.on_pause = on_pause

@@ -16,11 +16,11 @@ CONNECT first.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import itertools
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from enum import Enum
@@ -28,15 +28,18 @@ from typing import Any, Protocol
 
 from proxy.core import answers
 from proxy.core.accesslog import CLIENT_GONE
-from proxy.core.admission import Admission, Admit, Ask, Refuse, source_address
+from proxy.core.admission import Admission, Admit, Ask, Refuse, read_offer, source_address
+from proxy.core.basic import BasicCredentials, password_matches
 from proxy.core.connecthead import BadHead, Head, head_end, is_connect, parse_head
 from proxy.core.connlimit import SourceCounts
-from proxy.core.firstbytes import PEEK, Path, classify
+from proxy.core.firstbytes import TLS_HANDSHAKE, Path, classify
 from proxy.core.headerlimit import too_large_answer
 from proxy.core.policy import Verdict
-from proxy.core.records import Exchange, refusal_record, unjudged_record
+from proxy.core.records import Exchange, listener_of, refusal_record, unjudged_record
 from proxy.core.upstream import explain
+from proxy.effects.userfile import lock_user
 from proxy.front import splice
+from proxy.front.clients import Client, PlainClient, Relay, TlsClient
 from proxy.front.dial import DialFailed, dial
 from proxy.service.deciding import decide
 from proxy.service.recorder import Recorder
@@ -44,12 +47,18 @@ from proxy.service.runtime import Runtime
 
 log = logging.getLogger("proxyd")
 
-Handoff = Callable[[socket.socket, bytes], Awaitable[None]]
+Handoff = Callable[[Client, bytes], Awaitable[None]]
 NOT_HTTP = "the connection did not start with an HTTP request: this is an HTTP proxy"
 TLS_ON_PLAIN = (
     "a TLS handshake on the plain-text proxy port: give the proxy as http://host:port "
     "(the tunnel inside CONNECT is what carries TLS)"
 )
+PLAINTEXT_ON_TLS = (
+    "plain text on the TLS port: give the proxy as https://host:port (this request, and "
+    "any password in it, crossed the network readable; a client that cannot speak TLS to "
+    "a proxy uses the plain-text port with Digest, or `proxyd relay`)"
+)
+HANDSHAKE_TIMEOUT = 10.0  # seconds for a client's TLS handshake, at most limits.idle_timeout
 
 
 class Host(Protocol):
@@ -61,6 +70,10 @@ class Host(Protocol):
     recorder: Recorder
     tunnels: dict[str, Exchange]
     counts: SourceCounts
+    tls_peers: set[Any]  # peer addresses of the TLS connections the engine serves
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The context serving new TLS connections (None: no certificate configured)."""
 
 
 class ClientGone(Exception):
@@ -78,66 +91,102 @@ class TunnelFront:
         self.host = host
         self.pipes = splice.PipePool()
         self.ids = itertools.count(1)
-        self.idle: dict[splice.Splicer, list[float]] = {}  # open tunnel -> [last activity]
+        self.idle: dict[Relay, list[float]] = {}  # open tunnel -> [last activity]
         self.idle_timeout = 600.0  # limits.idle_timeout, as the latest tunnel saw it
         self.sweeper: asyncio.TimerHandle | None = None
 
     # --- one connection ---------------------------------------------------------------
 
-    async def serve(self, sock: socket.socket, peer: Any, handoff: Handoff) -> None:
+    async def serve(
+        self, sock: socket.socket, peer: Any, handoff: Handoff, listener: str = "http"
+    ) -> None:
+        """One accepted connection, on the plain listener (`http`) or the TLS one."""
         host = self.host
         counted = host.counts.opened(peer, host.runtime.config.limits.max_connections_per_source)
+        plain = PlainClient(sock)
+        client: Client = plain
         try:
-            if await self._serve(sock, peer, not counted, handoff):
-                await _close_after_answer(asyncio.get_running_loop(), sock)
-        except (ConnectionError, TimeoutError):
+            opened = await self._open(plain, peer, listener)
+            if opened is not None:
+                client, first = opened
+                if not first:  # TLS: the first bytes inside it
+                    async with asyncio.timeout(host.runtime.config.limits.idle_timeout):
+                        first = await client.peek()
+                if first and await self._serve(client, peer, first, not counted, handoff):
+                    await client.close_after_answer()
+        except (ConnectionError, TimeoutError, ssl.SSLError):
             pass  # the client went away or stayed silent: nothing to answer
         except OSError as e:
             if e.errno not in (errno.EBADF, errno.ENOTCONN):
                 log.warning("connection from %s: %s", peer[0], e)
         finally:
             host.counts.closed(peer, counted)
-            sock.close()
+            host.tls_peers.discard(peer)
+            client.close()
 
-    async def _serve(
-        self, sock: socket.socket, peer: Any, over_limit: bool, handoff: Handoff
-    ) -> bool:
-        """Serve one connection; True if it ends with an answer the client must still read."""
-        loop = asyncio.get_running_loop()
+    async def _open(
+        self, plain: PlainClient, peer: Any, listener: str
+    ) -> tuple[Client, bytes] | None:
+        """The connection and its first bytes (none yet after a TLS handshake, done where
+        the client opens one and a certificate is configured); None once it is dealt with
+        (closed, a failed handshake, plain text on the TLS port answered)."""
         idle = self.host.runtime.config.limits.idle_timeout
         async with asyncio.timeout(idle):
-            first = await _peek(loop, sock)
+            first = await plain.peek()
         if not first:
-            return False
+            return None
+        context = self.host.tls_context()
+        if listener == "tls" and first[0] != TLS_HANDSHAKE:
+            await self._plaintext_on_tls(plain, peer)
+            return None
+        if first[0] != TLS_HANDSHAKE or context is None:
+            return plain, first
+        handshakes = self.host.recorder.metrics.tls_handshakes
+        try:
+            client = await TlsClient.handshake(plain.sock, context, min(HANDSHAKE_TIMEOUT, idle))
+        except (ssl.SSLError, ConnectionError, TimeoutError) as e:
+            handshakes.labels("failed").inc()
+            log.debug("TLS handshake from %s failed: %s", peer[0], e)
+            return None
+        handshakes.labels("ok").inc()
+        self.host.tls_peers.add(peer)
+        return client, b""
+
+    async def _serve(
+        self, client: Client, peer: Any, first: bytes, over_limit: bool, handoff: Handoff
+    ) -> bool:
+        """Serve one connection; True if it ends with an answer the client must still read."""
+        idle = self.host.runtime.config.limits.idle_timeout
         path = classify(first)
         if path is Path.ENGINE:
-            await handoff(sock, b"")
+            await handoff(client, b"")
             return False
         if path is not Path.TUNNEL:
-            self._not_http(sock, peer, TLS_ON_PLAIN if path is Path.TLS else NOT_HTTP)
+            self._not_http(client, peer, TLS_ON_PLAIN if path is Path.TLS else NOT_HTTP)
             return True
         buffer = bytearray()
         while True:
             limit = self.host.runtime.config.limits.max_header_bytes
             try:
                 async with asyncio.timeout(idle):
-                    end = await _read_head(loop, sock, buffer, limit)
+                    end = await _read_head(client, buffer, limit)
             except BadHead as e:
-                self._bad_head(sock, peer, e, b"CONNECT" if is_connect(buffer) else b"-")
+                method = b"CONNECT" if is_connect(buffer) else b"-"
+                self._bad_head(client, peer, e, method)
                 return True
             if end is None:
                 return False  # closed before a whole head
             if not is_connect(buffer):
-                await handoff(sock, bytes(buffer))
+                await handoff(client, bytes(buffer))
                 return False
             try:
                 head = parse_head(buffer, limit)
             except BadHead as e:
-                self._bad_head(sock, peer, e, b"CONNECT")
+                self._bad_head(client, peer, e, b"CONNECT")
                 return True
             assert head is not None
             rest = buffer[head.size :]
-            ending = await self._connect(loop, sock, peer, head, bytes(rest), over_limit)
+            ending = await self._connect(client, peer, head, bytes(rest), over_limit)
             if ending is not Ending.KEEP:
                 return ending is Ending.ANSWERED
             buffer = rest  # a pipelined next request, if any
@@ -146,8 +195,7 @@ class TunnelFront:
 
     async def _connect(
         self,
-        loop: asyncio.AbstractEventLoop,
-        sock: socket.socket,
+        client: Client,
         peer: Any,
         head: Head,
         early: bytes,
@@ -159,14 +207,14 @@ class TunnelFront:
         # The fail-closed boundary: whatever goes wrong while deciding, the answer is a 500.
         # Sending comes after it: a client that is gone is not an internal error.
         try:
-            local = sock.getsockname()
             ask = Ask(
                 peer=peer[0],
-                local=(local[0], local[1]),
+                local=client.local(),
                 method=head.method,
                 proxy_authorization=head.values(b"proxy-authorization"),
                 authority=head.target,
                 over_connection_limit=over_limit,
+                tls=client.tls,
             )
             outcome = await decide(self.host.admission, runtime, ask, started)
             if isinstance(outcome, Refuse):
@@ -178,14 +226,14 @@ class TunnelFront:
             else:
                 refusal = None
         except Exception:
-            self._internal_error(sock, peer, head)
+            self._internal_error(client, peer, head)
             return Ending.ANSWERED
         if refusal is not None:
             answer, keep = refusal
-            _send(sock, answer)
+            client.send(answer)
             return Ending.KEEP if keep else Ending.ANSWERED
         assert isinstance(outcome, Admit)
-        return await self._tunnel(loop, sock, ask, outcome, early, runtime, started)
+        return await self._tunnel(client, ask, outcome, early, runtime, started)
 
     def _checked_again(self, runtime: Runtime, ask: Ask, admit: Admit, now: float) -> bool:
         """The second lock, independent of the admission core's own logic: the policy
@@ -207,8 +255,7 @@ class TunnelFront:
         self, ask: Ask, refusal: Refuse, runtime: Runtime, keep_alive: bool
     ) -> tuple[bytes, bool]:
         """The refusal's answer in one piece, recorded; and whether the connection stays."""
-        challenges = runtime.challenges(refusal.stale) if refusal.status == 407 else []
-        headers = answers.refusal_headers(refusal, challenges)
+        headers = answers.refusal_headers(refusal, runtime.challenges(refusal, ask.tls))
         body = answers.text_body(refusal.reason)
         keep = keep_alive and not (refusal.status == 429 and refusal.cause == "connections")
         self.host.recorder.record(
@@ -218,8 +265,7 @@ class TunnelFront:
 
     async def _tunnel(
         self,
-        loop: asyncio.AbstractEventLoop,
-        sock: socket.socket,
+        client: Client,
         ask: Ask,
         admit: Admit,
         early: bytes,
@@ -235,10 +281,12 @@ class TunnelFront:
             target=admit.target,
             rule=admit.rule,
             upstream=str(admit.address),
+            listener=listener_of(ask),
         )
+        loop = asyncio.get_running_loop()
         upstream = runtime.config.upstream
         try:
-            server = await _dial_while_watching(loop, sock, admit, upstream.connect_timeout)
+            server = await _dial_while_watching(client, admit, upstream.connect_timeout)
         except ClientGone:
             exchange.status = CLIENT_GONE
             host.recorder.record(exchange.record(time.time()), decision="client_gone")
@@ -255,7 +303,7 @@ class TunnelFront:
             answer, body = answers.plain(exchange.status, reason)
             exchange.bytes_down = len(body)
             host.recorder.record(exchange.record(time.time()), decision="allow")
-            _send(sock, answer)
+            client.send(answer)
             return Ending.ANSWERED
         exchange.upstream = str(server.getpeername()[0])
         key = f"front-{next(self.ids)}"
@@ -268,9 +316,10 @@ class TunnelFront:
             exchange.count(up, n)
             activity[0] = loop.time()
 
-        relay = splice.Splicer(sock, server, self.pipes, pending_up=early, on_bytes=on_bytes)
+        relay: Relay | None = None
         try:
-            _send(sock, answers.ESTABLISHED)
+            relay = await client.relay(server, self.pipes, early, on_bytes)
+            client.send(answers.ESTABLISHED)
             metrics.tunnel_setup.observe(time.time() - started)
             self._watch_idle(relay, activity, runtime.config.limits.idle_timeout)
             relay.start()
@@ -278,12 +327,15 @@ class TunnelFront:
             if error is not None and not isinstance(error, (ConnectionError, TimeoutError)):
                 log.warning("tunnel from %s to %s ended: %s", ask.peer, admit.target, error)
         except asyncio.CancelledError:
-            relay.abort()  # shutdown: the sockets close with the relay
+            if relay is not None:
+                relay.abort()  # shutdown: the sockets close with the relay
             raise
         except OSError:
-            relay.abort()
+            if relay is not None:
+                relay.abort()
         finally:
-            self.idle.pop(relay, None)
+            if relay is not None:
+                self.idle.pop(relay, None)
             server.close()
             host.tunnels.pop(key, None)
             metrics.tunnels_active.dec()
@@ -292,7 +344,7 @@ class TunnelFront:
 
     # --- idle tunnels -----------------------------------------------------------------
 
-    def _watch_idle(self, relay: splice.Splicer, activity: list[float], timeout: float) -> None:
+    def _watch_idle(self, relay: Relay, activity: list[float], timeout: float) -> None:
         self.idle[relay] = activity
         self.idle_timeout = timeout
         if self.sweeper is None:
@@ -318,139 +370,129 @@ class TunnelFront:
 
     # --- answers without a decision ---------------------------------------------------
 
-    def _not_http(self, sock: socket.socket, peer: Any, reason: str) -> None:
+    def _not_http(self, client: Client, peer: Any, reason: str) -> None:
         answer, body = answers.plain(400, reason)
-        self._unjudged(peer, "-", "-", 400, len(body), "not_http")
-        _send(sock, answer)
+        self._unjudged(client, peer, "-", "-", 400, len(body), "not_http")
+        client.send(answer)
 
-    def _bad_head(self, sock: socket.socket, peer: Any, error: BadHead, method: bytes) -> None:
+    def _bad_head(self, client: Client, peer: Any, error: BadHead, method: bytes) -> None:
         limit = self.host.runtime.config.limits.max_header_bytes
         if error.status == 431:
             answer = too_large_answer(limit)
         else:
             answer = answers.plain(error.status, error.reason)[0]
-        self._unjudged(peer, method.decode("ascii"), "-", error.status, 0, "bad_request")
-        _send(sock, answer)
+        self._unjudged(client, peer, method.decode("ascii"), "-", error.status, 0, "bad_request")
+        client.send(answer)
 
-    def _internal_error(self, sock: socket.socket, peer: Any, head: Head) -> None:
+    def _internal_error(self, client: Client, peer: Any, head: Head) -> None:
         """The boundary's error path: refuse first, then log and count."""
         try:
-            _send(sock, answers.plain(500, "internal error")[0])
+            client.send(answers.plain(500, "internal error")[0])
         finally:
             log.exception("internal error while admitting CONNECT from %s: refused", peer[0])
             self.host.recorder.metrics.internal_errors.labels("admission").inc()
             # As the access log writes targets: never the user info of `user:pass@host`.
             target = Ask(peer=peer[0], local=None, method=head.method, authority=head.target)
-            self._unjudged(peer, "CONNECT", target.display_target(), 500, 0, "internal_error")
+            target_text = target.display_target()
+            self._unjudged(client, peer, "CONNECT", target_text, 500, 0, "internal_error")
 
     def _unjudged(
-        self, peer: Any, method: str, target: str, status: int, body: int, decision: str
+        self,
+        client: Client,
+        peer: Any,
+        method: str,
+        target: str,
+        status: int,
+        body: int,
+        decision: str,
     ) -> None:
-        record = unjudged_record(peer[0], method, target, status, time.time(), body)
+        listener = "tls" if client.tls else "http"
+        record = unjudged_record(peer[0], method, target, status, time.time(), body, listener)
         self.host.recorder.record(record, decision=decision)
 
+    # --- plain text on the TLS port ---------------------------------------------------
 
-# --- socket steps -------------------------------------------------------------------------
-
-
-async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
-    ready: asyncio.Future[None] = loop.create_future()
-    fd = sock.fileno()
-
-    def wake() -> None:
-        if not ready.done():
-            ready.set_result(None)
-
-    loop.add_reader(fd, wake)
-    try:
-        await ready
-    finally:
-        loop.remove_reader(fd)
-
-
-async def _recv(
-    loop: asyncio.AbstractEventLoop, sock: socket.socket, size: int = 65536, flags: int = 0
-) -> bytes:
-    """One receive on the non-blocking socket, waiting until it is readable."""
-    while True:
+    async def _plaintext_on_tls(self, client: PlainClient, peer: Any) -> None:
+        """A client that ignored the `https` scheme sent its request, and perhaps a
+        password, in clear. Answered in plain text (it can read nothing else), logged with
+        the user name it gave (never the password), counted as an auth failure, and, with
+        `auth.lock_on_plaintext`, a user whose valid password was in it is locked."""
+        runtime = self.host.runtime
+        limit = runtime.config.limits.max_header_bytes
+        buffer = bytearray()
+        head: Head | None = None
         try:
-            return sock.recv(size, flags)
-        except (BlockingIOError, InterruptedError):
-            await _readable(loop, sock)
+            async with asyncio.timeout(min(HANDSHAKE_TIMEOUT, runtime.config.limits.idle_timeout)):
+                if await _read_head(client, buffer, limit) is not None:
+                    head = parse_head(buffer, limit)
+        except (BadHead, TimeoutError):
+            pass  # answered all the same: what it sent is not a request proxyd reads
+        method, target, user, basic = "-", "-", None, None
+        if head is not None:
+            method = Ask(peer="", local=None, method=head.method).display_method()
+            if head.method == b"CONNECT":
+                connect = Ask(peer="", local=None, method=head.method, authority=head.target)
+                target = connect.display_target()
+            offer = read_offer(head.values(b"proxy-authorization"), basic_allowed=True)
+            user, basic = offer.username, offer.basic
+        answer, body = answers.plain(400, PLAINTEXT_ON_TLS)
+        record = unjudged_record(
+            peer[0], method, target, 400, time.time(), len(body), "tls", user, "plaintext_on_tls"
+        )
+        self.host.recorder.record(record, decision="plaintext_on_tls")
+        if basic is not None and runtime.config.auth.lock_on_plaintext:
+            self._lock_leaked(runtime, basic, peer)
+        client.send(answer)
+        await client.close_after_answer()
+
+    def _lock_leaked(self, runtime: Runtime, basic: BasicCredentials, peer: Any) -> None:
+        """Lock the user whose valid password was just sent in clear."""
+        user = runtime.users.lookup(basic.username)
+        if user is None or user.locked or not password_matches(basic, runtime.config.realm, user):
+            return
+        try:
+            locked = lock_user(runtime.config.auth.users_file, user.name)
+        except (OSError, ValueError) as e:
+            log.error("could not lock user %s (password sent in clear): %s", user.name, e)
+            return
+        if locked:
+            log.warning(
+                "locked user %s: its password was sent in clear to the TLS port from %s; "
+                "`proxyd users passwd %s` sets a new one and unlocks it",
+                user.name,
+                peer[0],
+                user.name,
+            )
 
 
-async def _peek(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
-    """The first bytes, left in the socket for whoever reads them."""
-    return await _recv(loop, sock, PEEK, socket.MSG_PEEK)
+# --- steps -------------------------------------------------------------------------------
 
 
-async def _read_head(
-    loop: asyncio.AbstractEventLoop, sock: socket.socket, buffer: bytearray, limit: int
-) -> int | None:
+async def _read_head(client: Client, buffer: bytearray, limit: int) -> int | None:
     """Read until `buffer` holds a whole head; its end, or None if the client closed."""
     while (end := head_end(buffer, limit)) is None:
-        data = await _recv(loop, sock)
+        data = await client.recv()
         if not data:
             return None
         buffer += data
     return end
 
 
-LINGER_SECONDS = 2.0
-LINGER_BYTES = 256 * 1024
-
-
-async def _close_after_answer(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
-    """Close so that the answer arrives: a close with unread bytes in the socket (a TLS
-    ClientHello only peeked at, early tunnel bytes) sends a reset, which can destroy the
-    answer before the client reads it. Half-close, discard what the client still sends
-    until it closes (bounded in time and bytes), then close."""
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_WR)
-    discarded = 0
-    with contextlib.suppress(OSError, TimeoutError):
-        async with asyncio.timeout(LINGER_SECONDS):
-            while discarded < LINGER_BYTES and (data := await _recv(loop, sock)):
-                discarded += len(data)
-
-
-def _send(sock: socket.socket, data: bytes) -> None:
-    """One write of a short answer. The socket buffer of a fresh connection holds far more
-    than any answer of proxyd's; a client that has not read its previous answer yet and
-    leaves no room is cut off rather than waited for."""
-    try:
-        sent = sock.send(data)
-    except (BlockingIOError, InterruptedError):
-        sent = 0
-    if sent != len(data):
-        raise ConnectionError("the client does not read its answers")
-
-
-async def _dial_while_watching(
-    loop: asyncio.AbstractEventLoop, sock: socket.socket, admit: Admit, timeout: float
-) -> socket.socket:
+async def _dial_while_watching(client: Client, admit: Admit, timeout: float) -> socket.socket:
     """Dial, and stop dialing if the client closes meanwhile (`ClientGone`). Bytes the
-    client sends early (a TLS ClientHello) stay in its socket for the relay. The dial runs
-    in this task (no task of its own to create per tunnel); the watcher cancels it."""
+    client sends early (a TLS ClientHello) stay for the relay. The dial runs in this task
+    (no task of its own to create per tunnel); the watcher cancels it."""
     task = asyncio.current_task()
     assert task is not None
     gone = False
-    fd = sock.fileno()
 
-    def on_readable() -> None:
+    def on_gone() -> None:
         nonlocal gone
-        loop.remove_reader(fd)
-        try:
-            gone = not sock.recv(1, socket.MSG_PEEK)
-        except (BlockingIOError, InterruptedError):
-            loop.add_reader(fd, on_readable)
-            return
-        except OSError:
+        if not gone:
             gone = True
-        if gone:
             task.cancel()
 
-    loop.add_reader(fd, on_readable)
+    stop_watching = client.watch_gone(on_gone)
     try:
         return await dial(admit.addresses, admit.port, timeout)
     except asyncio.CancelledError:
@@ -458,4 +500,4 @@ async def _dial_while_watching(
             raise ClientGone() from None
         raise
     finally:
-        loop.remove_reader(fd)
+        stop_watching()

@@ -32,8 +32,8 @@ class Metrics:
         r = self.registry
         self.requests = Counter(
             "proxyd_requests",
-            "Requests and tunnels by kind, decision and status",
-            ["kind", "decision", "status"],
+            "Requests and tunnels by kind, decision, status and listener (http or tls)",
+            ["kind", "decision", "status", "listener"],
             registry=r,
         )
         self.auth_failures = Counter(
@@ -73,5 +73,20 @@ class Metrics:
             registry=r,
         )
         self.reloads = Counter(
-            "proxyd_reloads", "Config and users reloads", ["what", "result"], registry=r
+            "proxyd_reloads",
+            "Config, users and certificate reloads",
+            ["what", "result"],
+            registry=r,
+        )
+        self.tls_handshakes = Counter(
+            "proxyd_tls_handshakes",
+            "TLS handshakes with clients by result (ok, failed, timeout)",
+            ["result"],
+            registry=r,
+        )
+        self.certificate_expiry = Gauge(
+            "proxyd_tls_certificate_expiry_timestamp_seconds",
+            "When the serving TLS certificate expires (seconds since the epoch)",
+            registry=r,
+            multiprocess_mode="min",
         )

@@ -15,7 +15,7 @@ class Recorder:
 
     def record(self, record: AccessRecord, decision: str) -> None:
         kind = "tunnel" if record.method == "CONNECT" else "http"
-        self.metrics.requests.labels(kind, decision, str(record.status)).inc()
+        self.metrics.requests.labels(kind, decision, str(record.status), record.listener).inc()
         if record.auth not in ("ok", "none", "no_credentials"):
             self.metrics.auth_failures.labels(record.auth).inc()
         if decision == "allow":  # a refusal's own body is not relayed traffic

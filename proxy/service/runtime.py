@@ -10,15 +10,23 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from proxy.core.addresses import format_hostport
+from proxy.core.admission import Refuse
 from proxy.core.config import Config
 from proxy.core.digest import DigestVerifier, NonceCodec, ReplayWindow, challenges
-from proxy.core.pac import PacFile
+from proxy.core.pac import PacFile, directive
 from proxy.core.pac import generate as generate_pac
 from proxy.core.policy import Policy
 from proxy.effects.files import load_or_create_secret
 from proxy.effects.resolver import Resolver, load_hosts
 from proxy.effects.userfile import UserFile, create_users_file
+
+
+@dataclass(frozen=True)
+class ListenPorts:
+    """The ports the proxy listens on, as bound (a config's port 0 is a free port)."""
+
+    http: int
+    tls: int | None = None
 
 
 @dataclass
@@ -33,21 +41,31 @@ class Runtime:
     def new_nonce(self) -> str:
         return self.verifier.nonces.issue(time.time(), secrets.token_bytes(12))
 
-    def pac(self, fallback_address: str) -> PacFile:
-        """The PAC for clients; it points at `public_address`, or else at the address the
-        client used to fetch it (so it is right behind NAT and load balancers too)."""
+    def pac(self, fallback_host: str, ports: ListenPorts) -> PacFile:
+        """The PAC for clients; it points at `public_address`, or else at the host the
+        client used to fetch it (so it is right behind NAT and load balancers too), and
+        with a TLS listener at its port first."""
         if self._pac is None or self.config.public_address is None:
             public = self.config.public_address
-            address = format_hostport(*public) if public else fallback_address
-            pac_file = generate_pac(self.policy, address, self.config.pac_domains)
+            host, port = public if public else (fallback_host, ports.http)
+            proxies = directive(host, port, ports.tls)
+            pac_file = generate_pac(self.policy, proxies, self.config.pac_domains)
             if public is None:
                 return pac_file
             self._pac = pac_file
         return self._pac
 
-    def challenges(self, stale: bool) -> list[str]:
-        """`Proxy-Authenticate` values: one per algorithm, each with a fresh nonce."""
-        return challenges(self.config.realm, self.config.auth.algorithms, self.new_nonce, stale)
+    def challenges(self, refusal: Refuse, tls: bool) -> list[str]:
+        """A refusal's `Proxy-Authenticate` values: for a 407, one Digest challenge per
+        algorithm, each with a fresh nonce, then Basic where it is accepted (inside TLS,
+        when `auth.basic_over_tls` is on); none for any other refusal."""
+        if refusal.status != 407:
+            return []
+        config = self.config
+        values = challenges(config.realm, config.auth.algorithms, self.new_nonce, refusal.stale)
+        if tls and config.auth.basic_over_tls:
+            values.append(f'Basic realm="{config.realm}", charset="UTF-8"')
+        return values
 
 
 def build_runtime(

@@ -273,7 +273,7 @@ def test_the_pac_by_ip_is_served_without_auth_and_a_bad_host_header_is_harmless(
     gate = Admission(runtime.config.limits.auth_failures)
     ask = dataclasses.replace(get(*PROXY, "/proxy.pac"), host_header=b"pr\xffxy:3128")
     outcome = gate.begin(runtime, ask, NOW)
-    assert outcome == ServeLocal("GET", "/proxy.pac", "127.0.0.1:3128")
+    assert outcome == ServeLocal("GET", "/proxy.pac", "127.0.0.1")
 
 
 def test_the_pac_by_a_name_for_the_proxy_is_served_not_forwarded(runtime: Runtime) -> None:
@@ -284,7 +284,7 @@ def test_the_pac_by_a_name_for_the_proxy_is_served_not_forwarded(runtime: Runtim
     step = gate.begin(runtime, ask, NOW)
     assert isinstance(step, Resolve) and step.name == "proxy.example"
     outcome = gate.resolved(runtime, step, (ipaddress.ip_address(PROXY[0]),), NOW)
-    assert outcome == ServeLocal("GET", "/proxy.pac", "proxy.example:3128")
+    assert outcome == ServeLocal("GET", "/proxy.pac", "proxy.example")
 
 
 @pytest.mark.parametrize("port", [PROXY[1], ADMIN_PORT])
