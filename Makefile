@@ -7,13 +7,14 @@ BIN := $(VENV)/bin
 CONFIG ?= config/proxyd.yaml
 
 # Debian packages: what proxyd needs to run, and the real clients and servers the tests drive.
-# haproxy: the load balancer in front of two replicas; systemd: `systemd-analyze verify`.
+# haproxy: the load balancer in front of two replicas; systemd: `systemd-analyze verify`;
+# libnss3-tools: certutil puts the test CA of the TLS listener into Chromium's NSS database.
 RUN_DEBS := python3-venv ca-certificates
 TEST_DEBS := curl git wget openssh-client openssh-server squid apache2-utils iproute2 prometheus chromium \
              nodejs \
              libcurl4-openssl-dev libssl-dev build-essential \
              haproxy systemd \
-             wrk nginx-light
+             wrk nginx-light libnss3-tools
 
 NODE_DIR := tests/integration/node
 

@@ -14,6 +14,7 @@ from proxy.core.addresses import canonical_ip, format_hostport, parse_target, sp
 from proxy.core.errors import BadDestination, ConfigError
 from proxy.core.pac import directive as pac_directive
 from proxy.core.pac import generate as generate_pac
+from proxy.effects import tlsfiles
 from proxy.effects.resolver import ResolveError, addresses_now, load_hosts
 from proxy.effects.userfile import UserFile, read_users
 
@@ -22,6 +23,8 @@ def run_check(args: argparse.Namespace) -> int:
     try:
         cfg = config.load(args.file)
         load_hosts(cfg.hosts_file)
+        if cfg.tls is not None:
+            tlsfiles.load(cfg.tls, time.time())  # what a start or a reload would refuse
         users_file = cfg.auth.users_file
         if os.path.lexists(users_file):
             UserFile(users_file, cfg.realm)  # what a start or a reload would refuse

@@ -55,6 +55,10 @@ class Runtime(Protocol):
     @property
     def verifier(self) -> DigestVerifier: ...
 
+    @property
+    def tls_port(self) -> int | None:
+        """The TLS listener's port as bound, if there is one."""
+
 
 # --- what comes in --------------------------------------------------------------------
 
@@ -354,14 +358,14 @@ def _failure_text(runtime: Runtime, ask: Ask, failure: AuthFailure) -> str:
     """The 407's one line. Basic refused on plain text says where it is accepted."""
     if failure.reason != "basic":
         return "authentication failed"
-    tls_listen, auth = runtime.config.tls_listen, runtime.config.auth
-    if tls_listen is None or not auth.basic_over_tls:
+    tls_listen, tls_port = runtime.config.tls_listen, runtime.tls_port
+    if tls_listen is None or tls_port is None or not runtime.config.auth.basic_over_tls:
         return "Basic is refused (it sends the password in clear): use Digest"
     public = runtime.config.public_address
     host = public[0] if public is not None else (ask.local[0] if ask.local else tls_listen[0])
     return (
         "Basic is refused on plain text (it sends the password in clear): use Digest, "
-        f"or Basic over TLS: give the proxy as https://{format_hostport(host, tls_listen[1])}"
+        f"or Basic over TLS: give the proxy as https://{format_hostport(host, tls_port)}"
     )
 
 

@@ -33,7 +33,7 @@ from proxy.core.admission import (
     printable,
 )
 from proxy.core.connlimit import SourceCounts
-from proxy.core.records import Exchange, refusal_record, unjudged_record
+from proxy.core.records import Exchange, listener_of, refusal_record, unjudged_record
 from proxy.core.upstream import CONNECT_TIMEOUT, classify, explain
 from proxy.engine import mitm_internals as engine
 from proxy.engine.guard import ADMITTED, NOT_ADMITTED, Admitted, internal_error_response
@@ -42,7 +42,7 @@ from proxy.service.certificates import Certificates
 from proxy.service.deciding import decide
 from proxy.service.metrics import Metrics
 from proxy.service.recorder import Recorder
-from proxy.service.runtime import ListenPorts, Runtime
+from proxy.service.runtime import Runtime
 
 log = logging.getLogger("proxyd")
 
@@ -105,14 +105,13 @@ class ProxydAddon:
         self.counts = SourceCounts()  # kept by the listener, for both paths
         self.tls_peers: set[Any] = set()  # peers of TLS connections (the front adds them)
         self.certificates: Certificates | None = None  # with `tls`: what TLS serves
-        cfg = runtime.config
-        self.ports = ListenPorts(cfg.listen_port, cfg.tls_listen[1] if cfg.tls_listen else None)
 
     def tls_context(self) -> ssl.SSLContext | None:
         return self.certificates.context if self.certificates is not None else None
 
     def swap(self, runtime: Runtime) -> None:
         """Install a fully built runtime (reload): one reference, never a half-built one."""
+        runtime.ports = self.runtime.ports  # the listeners stay until a restart
         self.runtime = runtime
         self.admission.throttle.update(runtime.config.limits.auth_failures)
 
@@ -165,7 +164,9 @@ class ProxydAddon:
             self.recorder.metrics.internal_errors.labels("admission").inc()
             target = printable(request.data.authority.decode("latin-1") or request.host)
             self.recorder.record(
-                unjudged_record(peer, method, target, 500, time.time()),
+                unjudged_record(
+                    peer, method, target, 500, time.time(), listener=self._listener(flow)
+                ),
                 decision="internal_error",
             )
 
@@ -187,6 +188,9 @@ class ProxydAddon:
             over_connection_limit=client.peername in self.counts.over,
             tls=client.peername in self.tls_peers,
         )
+
+    def _listener(self, flow: http.HTTPFlow) -> str:
+        return "tls" if flow.client_conn.peername in self.tls_peers else "http"
 
     def _apply(
         self, flow: http.HTTPFlow, ask: Ask, outcome: Outcome, runtime: Runtime, started: float
@@ -210,6 +214,7 @@ class ProxydAddon:
             target=admit.target,
             rule=admit.rule,
             upstream=str(admit.address),
+            listener=listener_of(ask),
         )
         # Connect to the address we checked: mitmproxy opens the upstream connection to
         # request.host. `data.host` leaves the Host header as the client sent it.
@@ -228,7 +233,7 @@ class ProxydAddon:
         """Requests for the proxy itself: the PAC, without auth; anything else 404.
         Never forwarded, so the proxy can't loop to itself."""
         if local.path in PAC_PATHS and local.method in ("GET", "HEAD"):
-            pac = runtime.pac(local.pac_host, self.ports)
+            pac = runtime.pac(local.pac_host)
             headers = {
                 "Content-Type": "application/x-ns-proxy-autoconfig",
                 "ETag": pac.etag,
@@ -260,6 +265,7 @@ class ProxydAddon:
                 rule=None,
                 auth="none",
                 content_type=response.headers.get("Content-Type"),
+                listener=listener_of(ask),
             ),
             decision="local",
         )

@@ -94,7 +94,7 @@ class Lifecycle:
                 return
             log.info("proxyd: admin listening on %s", format_hostport(host, port))
         self.listening = True
-        self.addon.ports = Listener.bound_ports()
+        self.addon.runtime.ports = Listener.bound_ports()
         if self.addon.certificates is not None:
             self.certificate_checks = asyncio.get_running_loop().create_task(
                 self.check_certificates(self.addon.certificates)

@@ -36,19 +36,24 @@ class Runtime:
     users: UserFile
     verifier: DigestVerifier
     resolver: Resolver
+    ports: ListenPorts  # as bound once listening; a reload keeps them (restart-only)
     _pac: PacFile | None = None
+
+    @property
+    def tls_port(self) -> int | None:
+        return self.ports.tls
 
     def new_nonce(self) -> str:
         return self.verifier.nonces.issue(time.time(), secrets.token_bytes(12))
 
-    def pac(self, fallback_host: str, ports: ListenPorts) -> PacFile:
+    def pac(self, fallback_host: str) -> PacFile:
         """The PAC for clients; it points at `public_address`, or else at the host the
         client used to fetch it (so it is right behind NAT and load balancers too), and
         with a TLS listener at its port first."""
         if self._pac is None or self.config.public_address is None:
             public = self.config.public_address
-            host, port = public if public else (fallback_host, ports.http)
-            proxies = directive(host, port, ports.tls)
+            host, port = public if public else (fallback_host, self.ports.http)
+            proxies = directive(host, port, self.ports.tls)
             pac_file = generate_pac(self.policy, proxies, self.config.pac_domains)
             if public is None:
                 return pac_file
@@ -86,4 +91,6 @@ def build_runtime(
         replay=replay,
     )
     resolver = Resolver(load_hosts(config.hosts_file), config.dns_timeout)
-    return Runtime(config, config.policy, users, verifier, resolver)
+    tls_port = config.tls_listen[1] if config.tls_listen is not None else None
+    ports = ListenPorts(config.listen_port, tls_port)
+    return Runtime(config, config.policy, users, verifier, resolver, ports)

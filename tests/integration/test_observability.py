@@ -88,8 +88,23 @@ def test_metrics_count_requests_failures_tunnels_and_bytes(
     )
     assert lint.returncode == 0, lint.stdout + lint.stderr
     m = samples(text)
-    assert value(m, "proxyd_requests_total", kind="http", decision="allow", status="200") == 1
-    assert value(m, "proxyd_requests_total", kind="tunnel", decision="allow", status="200") == 1
+    assert (
+        value(
+            m, "proxyd_requests_total", kind="http", decision="allow", status="200", listener="http"
+        )
+        == 1
+    )
+    assert (
+        value(
+            m,
+            "proxyd_requests_total",
+            kind="tunnel",
+            decision="allow",
+            status="200",
+            listener="http",
+        )
+        == 1
+    )
     assert value(m, "proxyd_auth_failures_total", reason="bad_response") == 1
     assert value(m, "proxyd_tunnels_active") == 0
     assert value(m, "proxyd_bytes_total", direction="up") >= len(payload)

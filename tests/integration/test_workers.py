@@ -129,9 +129,9 @@ def test_metrics_are_summed_over_the_workers(
             assert second is not None and second.status == 200
     status, text = admin_get(workers_proxy, "/metrics")
     assert status == 200
-    assert metric(text, "proxyd_requests_total", 'decision="allow",kind="http",status="200"') == (
-        2 * per_connection
-    )
+    assert metric(
+        text, "proxyd_requests_total", 'decision="allow",kind="http",listener="http",status="200"'
+    ) == (2 * per_connection)
     assert metric(text, "proxyd_workers") == 2
     assert metric(text, "proxyd_users") == 1
     assert 'proxyd_build_info{version="' in text
