@@ -42,12 +42,13 @@ class FailureThrottle:
         return len(self._buckets)
 
 
-# Only these failures can be a password guess: the response was checked against a secret
-# (or would have been, for a name that does not exist), or a captured header was replayed.
-# Basic (never verified), a malformed header, a stale or forged nonce, a wrong realm or uri
+# Only these failures can be a password guess: the response (or, inside TLS, the Basic
+# password) was checked against a secret (or would have been, for a name that does not
+# exist), or a captured header was replayed. Basic on plain text (never verified), a
+# malformed header, a stale or forged nonce, a wrong realm or uri
 # reveal nothing, so they cost no tokens: a misconfigured client behind a shared NAT
 # address must not lock its colleagues out.
-GUESSES = frozenset({"bad_response", "unknown_user", "replay"})
+GUESSES = frozenset({"bad_response", "bad_password", "unknown_user", "replay"})
 
 
 @dataclass(frozen=True)

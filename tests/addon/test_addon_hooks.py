@@ -23,7 +23,7 @@ from proxy.engine.guard import ADMITTED, Admitted, EngineGuard
 from proxy.engine.mitm_internals import Proxyserver
 from proxy.service.metrics import Metrics
 from proxy.service.recorder import Recorder
-from proxy.service.runtime import Runtime
+from proxy.service.runtime import ListenPorts, Runtime
 
 NOW_NONCE_RANDOM = b"r" * 12
 REALM, PASSWORD = "proxyd", "wonderland"
@@ -50,7 +50,8 @@ def make_runtime() -> Runtime:
     verifier = DigestVerifier(
         REALM, ("MD5",), NonceCodec(b"k" * 32, 300), {"alice": alice}.get, replay=None
     )
-    return Runtime(cfg, cfg.policy, None, verifier, Resolver())  # type: ignore[arg-type]
+    ports = ListenPorts(cfg.listen_port)
+    return Runtime(cfg, cfg.policy, None, verifier, Resolver(), ports)  # type: ignore[arg-type]
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from proxy.core.admission import (
     read_offer,
 )
 from proxy.core.digest import DigestVerifier, NonceCodec, UserSecrets
-from proxy.service.runtime import Runtime
+from proxy.service.runtime import ListenPorts, Runtime
 
 NOW = 1_800_000_000.0
 SECRET = b"k" * 32
@@ -71,7 +71,7 @@ def make_runtime(text: str = CONFIG) -> Runtime:
     verifier = DigestVerifier(
         REALM, ("MD5",), NonceCodec(SECRET, 300), {"alice": alice}.get, replay=None
     )
-    return Runtime(cfg, cfg.policy, None, verifier, None)  # type: ignore[arg-type]
+    return Runtime(cfg, cfg.policy, None, verifier, None, ListenPorts(PROXY[1]))  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -450,3 +450,83 @@ def make_runtime_cached() -> Runtime:
     if not _RUNTIME:
         _RUNTIME.append(make_runtime())
     return _RUNTIME[0]
+
+
+# --- Basic inside TLS ------------------------------------------------------------------
+
+TLS_CONFIG = CONFIG.replace(
+    "auth: {users_file: users, nonce_secret_file: secret}",
+    "auth: {users_file: users, nonce_secret_file: secret, basic_over_tls: true}\n"
+    "tls_listen: 127.0.0.1:3129\ntls: {certificate: c.pem, key: k.pem}",
+)
+
+
+def basic(user: str, password: str) -> bytes:
+    import base64
+
+    return b"Basic " + base64.b64encode(f"{user}:{password}".encode())
+
+
+def tls_runtime() -> Runtime:
+    runtime = make_runtime(TLS_CONFIG)
+    runtime.ports = ListenPorts(PROXY[1], 43129)
+    return runtime
+
+
+def test_basic_is_admitted_inside_tls_only() -> None:
+    runtime = tls_runtime()
+    gate = Admission(runtime.config.limits.auth_failures)
+    inside = dataclasses.replace(get(ORIGIN, 80, "/x", basic("alice", PASSWORD)), tls=True)
+    outcome = finish(gate, runtime, inside)
+    assert isinstance(outcome, Admit) and outcome.user == "alice"
+    plain = finish(gate, runtime, get(ORIGIN, 80, "/x", basic("alice", PASSWORD)))
+    assert isinstance(plain, Refuse) and plain.status == 407 and plain.cause == "basic"
+    assert "https://127.0.0.1:43129" in plain.reason  # the port as bound, not the config's
+
+
+def test_basic_inside_tls_without_the_option_is_refused_as_on_plain_text() -> None:
+    runtime = make_runtime(TLS_CONFIG.replace("basic_over_tls: true", "basic_over_tls: false"))
+    gate = Admission(runtime.config.limits.auth_failures)
+    ask = dataclasses.replace(get(ORIGIN, 80, "/x", basic("alice", PASSWORD)), tls=True)
+    outcome = finish(gate, runtime, ask)
+    assert isinstance(outcome, Refuse) and outcome.cause == "basic"
+    assert "use Digest" in outcome.reason and "https://" not in outcome.reason
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        (basic("alice", "wrong-password"), "bad_password"),
+        (basic("nobody", PASSWORD), "unknown_user"),
+        (b"Basic !!notbase64", None),
+        (b"Basic " + __import__("base64").b64encode(b"alice-no-colon"), None),
+        (b"Basic " + __import__("base64").b64encode(b"alice:\xff\xfe"), None),
+    ],
+)
+def test_bad_basic_credentials_inside_tls(header: bytes, reason: str | None) -> None:
+    runtime = tls_runtime()
+    gate = Admission(runtime.config.limits.auth_failures)
+    outcome = finish(gate, runtime, dataclasses.replace(get(ORIGIN, 80, "/x", header), tls=True))
+    assert isinstance(outcome, Refuse)
+    if reason is None:
+        assert outcome.status == 400 and "Basic" in outcome.reason
+    else:
+        assert outcome.status == 407 and outcome.cause == reason
+
+
+def test_failed_basic_logins_are_throttled_like_digest() -> None:
+    runtime = tls_runtime()
+    gate = Admission(runtime.config.limits.auth_failures)
+    wrong = dataclasses.replace(get(ORIGIN, 80, "/x", basic("alice", "nope-nope")), tls=True)
+    # per_user: a burst of 2 guesses at one name from one address, then 429 unverified
+    right = dataclasses.replace(get(ORIGIN, 80, "/x", basic("alice", PASSWORD)), tls=True)
+    assert statuses(gate, runtime, [wrong, wrong, wrong, right]) == [407, 407, 429, 429]
+
+
+def test_the_challenges_inside_tls_add_basic() -> None:
+    runtime = tls_runtime()
+    refusal = Refuse(407, "authentication required", "no_credentials")
+    inside = [c.split()[0] for c in runtime.challenges(refusal, tls=True)]
+    assert inside == ["Digest", "Digest", "Basic"]  # MD5, SHA-256, then Basic
+    assert [c.split()[0] for c in runtime.challenges(refusal, tls=False)] == ["Digest", "Digest"]
+    assert runtime.challenges(Refuse(403, "no", "denied"), tls=True) == []

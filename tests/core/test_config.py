@@ -780,3 +780,44 @@ def test_allow_broad_must_be_a_boolean_and_does_not_allow_any() -> None:
     assert found == [
         "t.yaml:14: rules[0].to[0]: 'any' destination would make an open proxy; name zones"
     ]
+
+
+# --- the TLS listener ---------------------------------------------------------------------
+
+
+def test_tls_listener_settings(tmp_path: Path) -> None:
+    text = BASE + "tls_listen: 127.0.0.1:3129\ntls:\n  certificate: tls.crt\n  key: /k/tls.key\n"
+    text = text.replace(
+        "  algorithms: [MD5, SHA-256]\n",
+        "  algorithms: [MD5, SHA-256]\n  basic_over_tls: true\n  lock_on_plaintext: true\n",
+    )
+    cfg = config.parse(text, tmp_path / "proxyd.yaml")
+    assert cfg.tls_listen == ("127.0.0.1", 3129)
+    assert cfg.tls == config.TlsConfig(tmp_path / "tls.crt", Path("/k/tls.key"))
+    assert cfg.auth.basic_over_tls and cfg.auth.lock_on_plaintext
+    plain = config.parse(BASE, tmp_path / "proxyd.yaml")
+    assert plain.tls_listen is None and plain.tls is None
+    assert not plain.auth.basic_over_tls and not plain.auth.lock_on_plaintext
+
+
+@pytest.mark.parametrize(
+    ("append", "message"),
+    [
+        ("tls_listen: 127.0.0.1:3129\n", "tls: tls_listen needs tls.certificate and tls.key"),
+        ("tls_listen: 127.0.0.1:3129\ntls: {certificate: c}\n", "tls.key: required"),
+        ("tls_listen: 127.0.0.1:3128\ntls: {certificate: c, key: k}\n", "another port"),
+        ("tls_listen: nowhere\ntls: {certificate: c, key: k}\n", "tls_listen"),
+        ("tls: {certificate: c, key: k, ca: x}\n", "tls.ca"),
+    ],
+)
+def test_tls_listener_errors(append: str, message: str) -> None:
+    found = problems(BASE + append)
+    assert any(message in p for p in found), found
+
+
+def test_tls_booleans_are_booleans() -> None:
+    text = BASE.replace(
+        "  algorithms: [MD5, SHA-256]\n",
+        "  algorithms: [MD5, SHA-256]\n  basic_over_tls: yes please\n",
+    )
+    assert any("auth.basic_over_tls" in p and "true or false" in p for p in problems(text))

@@ -242,3 +242,35 @@ def test_user_secrets_repr_and_str_hide_the_hashes() -> None:
         assert "'alice'" in text and "'partner a'" in text
         assert "'MD5': '***'" in text and "'SHA-256': '***'" in text
     assert user.ha1["MD5"] == htdigest.hash("password-a", user="alice", realm="proxyd")
+
+
+# --- the lock (a password sent in clear) ----------------------------------------------
+
+
+def test_a_lock_is_a_mark_before_the_md5_field_and_survives_a_round_trip() -> None:
+    import dataclasses
+
+    from proxy.core.users import format_htdigest
+
+    alice = dataclasses.replace(make_user("alice", "proxyd", "wonderland"), locked=True)
+    bob = make_user("bob", "proxyd", "bobsecret1")
+    text = format_users([alice, bob])
+    line = next(line for line in text.splitlines() if line.startswith("alice:"))
+    assert line.split(":")[2] == "!" + alice.ha1["MD5"]
+    parsed = parse_users(text, "users")
+    assert parsed["alice"].locked and not parsed["bob"].locked
+    assert parsed["alice"].ha1 == alice.ha1
+    assert format_htdigest(parsed.values()).startswith("bob:")  # htdigest has no lock
+
+
+def test_a_new_password_unlocks() -> None:
+    import dataclasses
+
+    locked = dataclasses.replace(make_user("alice", "proxyd", "wonderland"), locked=True)
+    assert locked.locked
+    assert not make_user("alice", "proxyd", "another-password").locked
+
+
+def test_a_lock_mark_alone_is_not_a_hash() -> None:
+    with pytest.raises(ConfigError, match="has no hash"):
+        parse_users("alice:proxyd:!:\n", "users")
