@@ -209,6 +209,9 @@ class Supervisor:
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         loop.add_signal_handler(signal.SIGUSR1, lambda: self.signal_all(signal.SIGUSR1))
+        if cfg.tls_listen is not None and cfg.tls_listen[1] == 0:
+            log.error("proxyd: --workers needs a fixed tls_listen port, not 0")
+            return 1
         try:
             reservation = reserve_port(cfg.listen_host, cfg.listen_port)
         except OSError as e:
@@ -249,6 +252,8 @@ class Supervisor:
         if cfg.pid_file is not None:
             atomic_write(cfg.pid_file, f"{os.getpid()}\n".encode(), mode=0o644)
         log.info("proxyd: listening on %s", format_hostport(cfg.listen_host, self.port))
+        if cfg.tls_listen is not None:
+            log.info("proxyd: TLS listening on %s", format_hostport(*cfg.tls_listen))
         try:
             await self.stopped.wait()
             await self._wait_workers()

@@ -27,12 +27,14 @@ from harness import (
     ProxydHandle,
     clean_env,
     curl,
+    free_port,
     proxyd_bin,
     require_tool,
     run_client,
 )
 from tls_kit import (
     ProxyCA,
+    auth_section,
     expired_pair,
     proxy_ca,
     serial_of,
@@ -427,6 +429,48 @@ def test_a_bad_certificate_stops_the_start_with_a_clear_error(
     with pytest.raises(AssertionError, match="expired on 2020-01-31"):
         proxyd_factory(
             tls_listen=f"{PROXY_HOST}:0", tls={"certificate": str(chain), "key": str(key)}
+        )
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def test_the_tls_listener_under_workers(
+    proxyd_factory: Any, ca: ProxyCA, origins: Origins, client_env: dict[str, str]
+) -> None:
+    """Every worker binds the TLS port too (SO_REUSEPORT); the supervisor sums the metrics."""
+    port = free_port(PROXY_HOST)
+    chain, key = ca.issue()
+    proxy = proxyd_factory(
+        tls_listen=f"{PROXY_HOST}:{port}",
+        tls={"certificate": str(chain), "key": str(key)},
+        auth=auth_section(basic_over_tls=True),
+        admin_listen=f"{PROXY_HOST}:0",
+        serve_args=["--workers", "2"],
+    )
+    proxy.wait_for_log(rf"TLS listening on {PROXY_HOST}:{port}")
+    args = ["--proxy-cacert", str(ca.pem), "-x", tls_url(port, USER, PASSWORD)]
+    urls = [origin(origins, "http", f"/w{i}") for i in range(12)]
+    for url in urls:  # one curl per URL: a new TLS connection each, spread by the kernel
+        assert [t.code for t in curl([*args, url], client_env).transfers] == [200]
+    metrics = _metrics(proxy)
+    served = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("proxyd_requests_total{")
+        and 'listener="tls"' in line
+        and 'status="200"' in line
+    )
+    assert served == len(urls), metrics
+
+
+def test_workers_refuse_a_tls_port_of_zero(ca: ProxyCA, proxyd_factory: Any) -> None:
+    chain, key = ca.issue()
+    with pytest.raises(AssertionError, match="needs a fixed tls_listen port"):
+        proxyd_factory(
+            tls_listen=f"{PROXY_HOST}:0",
+            tls={"certificate": str(chain), "key": str(key)},
+            serve_args=["--workers", "2"],
         )
 
 
