@@ -3,8 +3,10 @@
 The listener peeks at the first bytes of every connection (without consuming them) and
 sends it down one of three paths: a CONNECT to proxyd's tunnel front, any other HTTP
 request to the engine with its bytes untouched, and anything that cannot start an HTTP
-request (a TLS ClientHello from a client given an `https://` proxy URL, binary noise)
-to an immediate 400 and a close, instead of a silent wait for the idle timeout.
+request (binary noise; a TLS ClientHello from a client given an `https://` proxy URL when
+no certificate is configured, else it is served as TLS) to an immediate 400 and a close,
+instead of a silent wait for the idle timeout. On the TLS listener, a first byte that is
+not `TLS_HANDSHAKE` is plain text sent to the TLS port.
 """
 
 from __future__ import annotations

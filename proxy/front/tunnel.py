@@ -1,16 +1,19 @@
 """The tunnel front: CONNECT served by proxyd itself, from the first byte to the last.
 
-Every connection on the proxy port comes here first (`FrontServer` accepts it). Its first
-bytes are peeked, not read: anything but a CONNECT goes to the engine untouched (`handoff`),
-a TLS handshake or noise gets a 400 at once. A CONNECT head is read here with the same
+Every connection on the proxy ports comes here first (`FrontServer` accepts it). Its first
+bytes are peeked, not read. A TLS handshake (on the TLS listener, or on the plain one when
+a certificate is configured) is answered by asyncio's TLS, and the same steps follow
+inside it (front/clients.py has both kinds of connection); plain text on the TLS listener
+is answered in plain text and logged. Then anything but a CONNECT goes to the engine
+untouched (`handoff`), noise gets a 400 at once. A CONNECT head is read here with the same
 limits as the engine's (400, 431) and judged by the same admission core inside the same
 fail-closed boundary as plain HTTP (the Digest nonces and replay window, throttles,
 connection caps, trusted sources are the core's). A refusal goes out in one write and the
 connection stays open for the retried CONNECT (a 407 is answered by curl and Chromium on
 the same connection). An admitted tunnel is checked once more against the policy (the
 second lock), dialed over every checked address within the connect timeout, answered 200,
-and relayed by `splice` from its first byte, the bytes the client sent along with the
-CONNECT first.
+and relayed from its first byte (by `splice`; inside TLS in user space), the bytes the
+client sent along with the CONNECT first.
 """
 
 from __future__ import annotations

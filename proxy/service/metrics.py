@@ -80,7 +80,7 @@ class Metrics:
         )
         self.tls_handshakes = Counter(
             "proxyd_tls_handshakes",
-            "TLS handshakes with clients by result (ok, failed, timeout)",
+            "TLS handshakes with clients by result (ok, failed: untrusted, timed out or noise)",
             ["result"],
             registry=r,
         )

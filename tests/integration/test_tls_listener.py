@@ -9,6 +9,7 @@ clients are in test_tls_clients.py; Chromium in test_tls_browser.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -430,6 +431,58 @@ def test_a_bad_certificate_stops_the_start_with_a_clear_error(
         proxyd_factory(
             tls_listen=f"{PROXY_HOST}:0", tls={"certificate": str(chain), "key": str(key)}
         )
+
+
+# --------------------------------------------------------------------------- the relay inside TLS
+
+
+def test_a_tls_tunnel_carries_megabytes_both_ways_intact(
+    proxyd_factory: Any, ca: ProxyCA, origins: Origins
+) -> None:
+    """The user-space relay's flow control: 16 MiB echoed while it is still being sent."""
+    import hashlib
+    import threading
+
+    proxy, tls_port = start_tls_proxyd(proxyd_factory, ca)
+    tunnel = _open_tunnel(tls_port, ca, origins)
+    payload = os.urandom(16 * 1024 * 1024)
+    sender = threading.Thread(target=tunnel.sendall, args=(payload,), daemon=True)
+    sender.start()
+    echoed = _read_exactly(tunnel, len(payload))
+    sender.join(IO_TIMEOUT)
+    assert hashlib.sha256(echoed).digest() == hashlib.sha256(payload).digest()
+    tunnel.close()
+    line = wait_lines(proxy, " CONNECT ")[-1]
+    assert f"up={len(payload)}" in line and " auth=ok " in line
+
+
+def test_an_idle_tls_tunnel_is_closed(proxyd_factory: Any, ca: ProxyCA, origins: Origins) -> None:
+    proxy, tls_port = start_tls_proxyd(proxyd_factory, ca, limits={"idle_timeout": 2})
+    tunnel = _open_tunnel(tls_port, ca, origins)
+    started = time.monotonic()
+    tunnel.settimeout(IO_TIMEOUT)
+    with contextlib.suppress(ConnectionError):  # closed: an abort may come as a reset
+        assert tunnel.recv(1) == b""
+    assert time.monotonic() - started < 8
+    assert wait_lines(proxy, " CONNECT ")
+
+
+def test_handshake_noise_is_counted_and_harmless(
+    proxyd_factory: Any, ca: ProxyCA, origins: Origins, client_env: dict[str, str]
+) -> None:
+    proxy, tls_port = start_tls_proxyd(proxyd_factory, ca)
+    for noise in (b"\x16\x03\x01\x00\x05hello", b"\x16" + os.urandom(300)):
+        with socket.create_connection((PROXY_HOST, tls_port), timeout=IO_TIMEOUT) as sock:
+            sock.sendall(noise)
+            with contextlib.suppress(ConnectionError):
+                _read_all(sock)
+    deadline = time.monotonic() + IO_TIMEOUT
+    while 'proxyd_tls_handshakes_total{result="failed"} 2.0' not in (m := _metrics(proxy)):
+        assert time.monotonic() < deadline, m
+        time.sleep(0.1)
+    args = ["--proxy-cacert", str(ca.pem), "-x", tls_url(tls_port, USER, PASSWORD)]
+    assert [t.code for t in curl([*args, origin(origins, "http")], client_env).transfers] == [200]
+    assert "Traceback" not in proxy.log()
 
 
 # --------------------------------------------------------------------------- workers
