@@ -61,6 +61,7 @@ PLAINTEXT_ON_TLS = (
     "any password in it, crossed the network readable; a client that cannot speak TLS to "
     "a proxy uses the plain-text port with Digest, or `proxyd relay`)"
 )
+HANDSHAKE_LOG_INTERVAL = 60.0
 HANDSHAKE_TIMEOUT = 10.0  # seconds for a client's TLS handshake, at most limits.idle_timeout
 
 
@@ -97,6 +98,8 @@ class TunnelFront:
         self.idle: dict[Relay, list[float]] = {}  # open tunnel -> [last activity]
         self.idle_timeout = 600.0  # limits.idle_timeout, as the latest tunnel saw it
         self.sweeper: asyncio.TimerHandle | None = None
+        self.handshake_failures = 0  # since the last log line about them
+        self.handshake_logged = -HANDSHAKE_LOG_INTERVAL
 
     # --- one connection ---------------------------------------------------------------
 
@@ -149,7 +152,7 @@ class TunnelFront:
             client = await TlsClient.handshake(plain.sock, context, min(HANDSHAKE_TIMEOUT, idle))
         except (ssl.SSLError, ConnectionError, TimeoutError) as e:
             handshakes.labels("failed").inc()
-            log.debug("TLS handshake from %s failed: %s", peer[0], e)
+            self._handshake_failed(peer, e)
             return None
         handshakes.labels("ok").inc()
         self.host.tls_peers.add(peer)
@@ -412,6 +415,24 @@ class TunnelFront:
         listener = "tls" if client.tls else "http"
         record = unjudged_record(peer[0], method, target, status, time.time(), body, listener)
         self.host.recorder.record(record, decision=decision)
+
+    def _handshake_failed(self, peer: Any, error: Exception) -> None:
+        """One WARNING per interval with a count: a browser that does not trust the
+        certificate falls back to the PAC's plain `PROXY` without a word, so this line is
+        where an operator sees it (scanners and noise land here too)."""
+        self.handshake_failures += 1
+        now = time.monotonic()
+        if now - self.handshake_logged >= HANDSHAKE_LOG_INTERVAL:
+            log.warning(
+                "TLS handshake failed %d time(s) in the last %ds; the last from %s: %s "
+                "(a client that does not trust the certificate, or not TLS at all)",
+                self.handshake_failures,
+                int(HANDSHAKE_LOG_INTERVAL),
+                peer[0],
+                getattr(error, "reason", None) or error,
+            )
+            self.handshake_failures = 0
+            self.handshake_logged = now
 
     # --- plain text on the TLS port ---------------------------------------------------
 

@@ -483,6 +483,8 @@ def test_handshake_noise_is_counted_and_harmless(
     args = ["--proxy-cacert", str(ca.pem), "-x", tls_url(tls_port, USER, PASSWORD)]
     assert [t.code for t in curl([*args, origin(origins, "http")], client_env).transfers] == [200]
     assert "Traceback" not in proxy.log()
+    # One warning per interval, with a count: the first failure says so at once.
+    assert proxy.log().count("TLS handshake failed") == 1
 
 
 # --------------------------------------------------------------------------- workers
