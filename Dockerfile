@@ -4,6 +4,10 @@
 #   docker run -d --name proxyd -p 3128:3128 -v /srv/proxyd/auth:/etc/proxyd/auth proxyd
 # The config is /etc/proxyd/proxyd.yaml (deploy/container/proxyd.yaml; mount your own over
 # it). The users file and the nonce secret are in /etc/proxyd/auth, a mounted volume.
+# The TLS listener is off in the shipped config, and the image starts without a
+# certificate. To turn it on, set tls_listen and tls in your config (the shipped one has
+# them commented out), mount a folder with tls.crt and tls.key, and publish 3129 too:
+#   -p 3129:3129 -v /srv/proxyd/tls:/etc/proxyd/tls:ro
 
 # Stage 1: install proxyd and its dependencies into a venv. Every dependency, mitmproxy's
 # own included, ships manylinux wheels that CPython 3.13 installs (cp313, abi3 or pure
@@ -42,8 +46,9 @@ RUN ["/opt/proxyd/bin/proxyd", "check-config", "/etc/proxyd/proxyd.yaml"]
 # the same file on every replica so each accepts the others' nonces).
 VOLUME ["/etc/proxyd/auth"]
 USER 10001:10001
-# 3128: the proxy. 9128: /metrics, /healthz, /readyz (keep it inside the cluster).
-EXPOSE 3128 9128
+# 3128: the proxy. 3129: the TLS listener (only when the config sets tls_listen).
+# 9128: /metrics, /healthz, /readyz (keep it inside the cluster).
+EXPOSE 3128 3129 9128
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
     CMD ["/opt/proxyd/bin/python", "/opt/proxyd/healthcheck.py", "http://127.0.0.1:9128/healthz"]
 # SIGTERM drains open tunnels (drain_timeout); give `docker stop` at least that (-t 30).

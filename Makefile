@@ -14,7 +14,7 @@ TEST_DEBS := curl git wget openssh-client openssh-server squid apache2-utils ipr
              nodejs \
              libcurl4-openssl-dev libssl-dev build-essential \
              haproxy systemd \
-             wrk nginx-light libnss3-tools
+             wrk nginx-light libnss3-tools shellcheck
 
 NODE_DIR := tests/integration/node
 

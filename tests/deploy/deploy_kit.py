@@ -5,7 +5,9 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
+import yaml
 from harness import require_tool
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,3 +42,19 @@ def proxyd_argv_ok(argv: list[str]) -> str | None:
     except SystemExit as e:
         return f"proxyd {' '.join(argv)}: refused by the CLI (exit {e.code}): {err.getvalue()}"
     return None
+
+
+def uncommented_tls(config_text: str) -> tuple[str, dict[str, Any]]:
+    """The shipped container config with its commented-out TLS keys turned on: the
+    `# tls_listen:` line and the `# tls:` block right under it lose their "# ". Returns the
+    new text and those keys as parsed, so a test checks what an operator would get."""
+    lines = config_text.splitlines(keepends=True)
+    starts = [n for n, line in enumerate(lines) if line.startswith("# tls_listen:")]
+    assert len(starts) == 1, "one commented-out `# tls_listen:` line"
+    start = end = starts[0]
+    while end < len(lines) and lines[end].startswith("# "):
+        end += 1
+    block = [line[2:] for line in lines[start:end]]
+    keys = yaml.safe_load("".join(block))
+    assert isinstance(keys, dict) and set(keys) == {"tls_listen", "tls"}, keys
+    return "".join(lines[:start] + block + lines[end:]), keys

@@ -5,6 +5,8 @@
 - every command the image runs is one the project documents: proxyd invocations must parse
   in proxyd's own argparse tree, anything else must be on ALLOWED_PROGRAMS below;
 - ports, user, config path and health check agree with the shipped container config;
+- the TLS keys the shipped config has commented out load when turned on (the image
+  itself starts without a certificate, since they are commented out);
 - the health check script really answers for a running proxyd, and fails when it's down.
 """
 
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from deploy_kit import DEPLOY, REPO, proxyd_argv_ok, tool
+from deploy_kit import DEPLOY, REPO, proxyd_argv_ok, tool, uncommented_tls
 from harness import ProxydHandle, free_port
 
 pytestmark = pytest.mark.timeout(120)
@@ -259,8 +261,16 @@ def test_exposed_ports_and_health_check_match_the_config(
     listen = str(container_config["listen"])
     admin = str(container_config["admin_listen"])
     assert admin.startswith("0.0.0.0:"), "probes reach the admin port from outside the pod"
+    assert "tls_listen" not in container_config, "the image starts without a certificate"
+    _, tls = uncommented_tls(CONTAINER_CONFIG.read_text())
+    tls_listen = str(tls["tls_listen"])
+    assert tls_listen.startswith("0.0.0.0:"), tls_listen
     exposed = {int(p) for i in instructions if i.keyword == "EXPOSE" for p in i.args.split()}
-    assert exposed == {int(listen.rpartition(":")[2]), int(admin.rpartition(":")[2])}
+    assert exposed == {
+        int(listen.rpartition(":")[2]),
+        int(tls_listen.rpartition(":")[2]),
+        int(admin.rpartition(":")[2]),
+    }
     (health,) = [i for i in instructions if i.keyword == "HEALTHCHECK"]
     assert f"http://127.0.0.1:{admin.rpartition(':')[2]}/healthz" in health.args
 
@@ -296,6 +306,43 @@ def test_container_config_differs_from_the_reference_only_where_documented(
     ref_auth, auth = reference["auth"], container_config["auth"]
     assert isinstance(auth, dict)
     assert {k for k in ref_auth if ref_auth[k] != auth[k]} == {"users_file", "nonce_secret_file"}
+
+
+def _check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "proxyd"), "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_commented_tls_keys_load_when_turned_on(tmp_path: Path) -> None:
+    """What an operator gets by removing the "# ": a config that check-config accepts with
+    a certificate in the folder, and refuses, naming the file, without one."""
+    from tls_kit import proxy_ca
+
+    text, keys = uncommented_tls(CONTAINER_CONFIG.read_text())
+    folder = Path(keys["tls"]["certificate"]).parent
+    assert folder == Path(keys["tls"]["key"]).parent == Path("/etc/proxyd/tls")
+    # The key names of a kubernetes.io/tls Secret (kubectl create secret tls, cert-manager).
+    assert Path(keys["tls"]["certificate"]).name == "tls.crt"
+    assert Path(keys["tls"]["key"]).name == "tls.key"
+
+    if not folder.exists():  # this machine has no certificate there: the error names it
+        (tmp_path / "missing.yaml").write_text(text)
+        missing = _check_config(tmp_path / "missing.yaml")
+        assert missing.returncode != 0, missing.stdout
+        assert f"tls.certificate: {folder}/tls.crt" in missing.stdout + missing.stderr
+
+    mounted = tmp_path / "tls"
+    chain, key = proxy_ca(tmp_path / "ca").issue()
+    mounted.mkdir()
+    chain.rename(mounted / "tls.crt")
+    key.rename(mounted / "tls.key")
+    (tmp_path / "proxyd.yaml").write_text(text.replace(f"{folder}/", f"{mounted}/"))
+    loaded = _check_config(tmp_path / "proxyd.yaml")
+    assert loaded.returncode == 0, loaded.stdout + loaded.stderr
 
 
 HEALTHCHECK = DEPLOY / "container" / "healthcheck.py"

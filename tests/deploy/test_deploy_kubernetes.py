@@ -8,6 +8,9 @@
   CRD_SUBSET below: the CRD's own field names for `spec` and `endpoints[]` and its
   Duration pattern, copied from monitoring.coreos.com/v1. It is structural, not the full
   schema, and says so.
+- Certificate is cert-manager's CRD, checked the same way against CERTIFICATE_SUBSET: the
+  v1 CRD's `spec` field names, with the types and enums of the fields certificate.yaml
+  sets (issuerRef, privateKey), from cert-manager.io/v1.
 - The Kustomization (no schema either) must list every manifest and nothing else.
 - Cross references: selectors, named ports, volumes, the image's uid, the probes and the
   config they probe must agree, since no schema can see across files.
@@ -30,7 +33,7 @@ pytestmark = pytest.mark.timeout(120)
 
 MANIFESTS = DEPLOY / "kubernetes"
 KUBERNETES_VERSIONS = ("1.35", "1.36", "1.37")
-NOT_BUILT_IN = {"Kustomization", "ServiceMonitor"}
+NOT_BUILT_IN = {"Kustomization", "ServiceMonitor", "Certificate"}
 
 DURATION = (
     r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
@@ -125,6 +128,85 @@ CRD_SUBSET: dict[str, Any] = {
 }
 
 
+# cert-manager.io/v1 Certificate, from the CRD (certificates.cert-manager.io): every `spec`
+# field name, and the types and enums of those certificate.yaml sets. Size's allowed values
+# per algorithm are the CRD's description (cert-manager's webhook enforces them).
+CERTIFICATE_SUBSET: dict[str, Any] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "cert-manager.io/v1"},
+        "kind": {"const": "Certificate"},
+        "metadata": {"type": "object", "required": ["name"]},
+        "spec": {
+            "type": "object",
+            "required": ["issuerRef", "secretName"],
+            "additionalProperties": False,
+            "properties": {
+                key: {}
+                for key in (
+                    "additionalOutputFormats",
+                    "commonName",
+                    "duration",
+                    "emailAddresses",
+                    "encodeUsagesInRequest",
+                    "ipAddresses",
+                    "isCA",
+                    "keystores",
+                    "literalSubject",
+                    "nameConstraints",
+                    "otherNames",
+                    "renewBefore",
+                    "renewBeforePercentage",
+                    "revisionHistoryLimit",
+                    "secretTemplate",
+                    "signatureAlgorithm",
+                    "subject",
+                    "uris",
+                    "usages",
+                )
+            }
+            | {
+                "secretName": {"type": "string", "minLength": 1},
+                "dnsNames": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                "issuerRef": {
+                    "type": "object",
+                    "required": ["name"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "group": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "name": {"type": "string"},
+                    },
+                },
+                "privateKey": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "algorithm": {"enum": ["RSA", "ECDSA", "Ed25519"]},
+                        "encoding": {"enum": ["PKCS1", "PKCS8"]},
+                        "rotationPolicy": {"enum": ["Never", "Always"]},
+                        "size": {"type": "integer"},
+                    },
+                    "allOf": [
+                        {
+                            "if": {"properties": {"algorithm": {"const": "ECDSA"}}},
+                            "then": {"properties": {"size": {"enum": [256, 384, 521]}}},
+                        },
+                        {
+                            "if": {"properties": {"algorithm": {"const": "RSA"}}},
+                            "then": {"properties": {"size": {"enum": [2048, 4096, 8192]}}},
+                        },
+                    ],
+                },
+            },
+        },
+    },
+}
+CRD_SUBSETS = {"ServiceMonitor": CRD_SUBSET, "Certificate": CERTIFICATE_SUBSET}
+
+
 def _load(path: Path) -> list[dict[str, Any]]:
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
     assert docs and all(isinstance(d, dict) for d in docs), path
@@ -198,6 +280,31 @@ def test_servicemonitor_matches_the_crd_fields() -> None:
     ports = {p["name"] for p in admin["spec"]["ports"]}
     assert {e["port"] for e in monitor["spec"]["endpoints"]} <= ports
     assert {e["path"] for e in monitor["spec"]["endpoints"]} == {"/metrics"}
+
+
+def test_certificate_matches_the_crd_fields() -> None:
+    import jsonschema  # kubernetes-validate's own dependency
+
+    certificate = resource("Certificate")
+    jsonschema.validate(certificate, CERTIFICATE_SUBSET)
+    spec = certificate["spec"]
+    for typo in (
+        {**spec, "secretname": spec["secretName"]},
+        {**spec, "privateKey": {**spec["privateKey"], "algorithm": "ecdsa"}},
+        {**spec, "privateKey": {**spec["privateKey"], "size": 2048}},
+        {**spec, "issuerRef": {"kind": "ClusterIssuer"}},
+    ):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({**certificate, "spec": typo}, CERTIFICATE_SUBSET)
+    # An issuer of cert-manager's own group; a fresh key at every renewal.
+    assert spec["issuerRef"].get("group", "cert-manager.io") == "cert-manager.io"
+    assert spec["issuerRef"]["kind"] in ("Issuer", "ClusterIssuer")
+    assert spec["privateKey"]["rotationPolicy"] == "Always"
+
+
+def test_every_custom_resource_has_its_crd_check() -> None:
+    kinds = {kind for kind, _ in RESOURCES if kind in NOT_BUILT_IN}
+    assert kinds == set(CRD_SUBSETS) == NOT_BUILT_IN - {"Kustomization"}
 
 
 def test_kustomization_lists_every_manifest_and_nothing_else() -> None:
@@ -310,6 +417,48 @@ def test_volumes_bring_the_config_and_the_auth_files_where_the_config_expects() 
     assert "/tmp" in mounts and "emptyDir" in volumes[mounts["/tmp"]["name"]]
 
 
+def test_the_tls_secret_is_a_folder_mount_where_the_commented_tls_keys_point() -> None:
+    """Turning on the ConfigMap's commented-out TLS keys finds the Secret's files: the
+    whole Secret mounted at their folder (never subPath, which a rotation never updates),
+    optional (pods start before it exists), not world-readable, and the Secret that
+    certificate.yaml has cert-manager write."""
+    from deploy_kit import uncommented_tls
+
+    _, keys = uncommented_tls(resource("ConfigMap", "proxyd-config")["data"]["proxyd.yaml"])
+    tls = keys["tls"]
+    folder = posixpath.dirname(tls["certificate"])
+    assert posixpath.dirname(tls["key"]) == folder
+    # A kubernetes.io/tls Secret's keys, as `kubectl create secret tls` and cert-manager
+    # write them.
+    assert posixpath.basename(tls["certificate"]) == "tls.crt"
+    assert posixpath.basename(tls["key"]) == "tls.key"
+
+    container, pod = _container(), _pod_spec()
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == folder]
+    assert "subPath" not in mount and "subPathExpr" not in mount, mount
+    assert mount["readOnly"] is True
+    assert [m for m in container["volumeMounts"] if m["name"] == mount["name"]] == [mount]
+    inside = [m for m in container["volumeMounts"] if m["mountPath"].startswith(folder + "/")]
+    assert not inside, "nothing is mounted over a file of the Secret's folder"
+    secret = volumes[mount["name"]]["secret"]
+    assert secret["optional"] is True, "pods start before the Secret exists"
+    assert "items" not in secret, "both keys, under their own names"
+    assert secret["defaultMode"] & 0o007 == 0, "the key is not world-readable"
+    # The files are the pod's group's (fsGroup), the group proxyd runs as.
+    security = pod["securityContext"]
+    assert security["fsGroup"] == security["runAsGroup"]
+    assert secret["defaultMode"] & 0o040, "readable by that group"
+
+    certificate = resource("Certificate")
+    assert certificate["spec"]["secretName"] == secret["secretName"]
+    # The manifests don't ship that Secret too: cert-manager (or kubectl) owns it.
+    assert ("Secret", secret["secretName"]) not in RESOURCES
+
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["proxy-tls"] == int(keys["tls_listen"].rpartition(":")[2])
+
+
 def test_termination_grace_covers_the_drain() -> None:
     pod, container = _pod_spec(), _container()
     pause = container["lifecycle"]["preStop"]["sleep"]["seconds"]
@@ -323,7 +472,10 @@ def test_services_expose_the_proxy_publicly_and_the_admin_port_inside_only() -> 
     public = resource("Service")
     assert public["spec"]["type"] == "LoadBalancer"
     assert public["spec"]["externalTrafficPolicy"] == "Local", "source rules need client IPs"
-    assert [p["targetPort"] for p in public["spec"]["ports"]] == ["proxy"]
+    assert [p["targetPort"] for p in public["spec"]["ports"]] == ["proxy", "proxy-tls"]
+    # Partners use the pod's own port numbers: 3128, and 3129 for the TLS listener.
+    numbers = {p["name"]: p["containerPort"] for p in _container()["ports"]}
+    assert all(p["port"] == numbers[p["targetPort"]] for p in public["spec"]["ports"])
     admin = resource("Service", "proxyd-admin")
     assert admin["spec"]["type"] == "ClusterIP"
     for service in (public, admin):

@@ -4,8 +4,10 @@ The kubelet's atomic writer puts a Secret's files in a timestamped folder, point
 `..data` symlink at it, and makes each file name a symlink through `..data`. An update
 writes a new timestamped folder and renames a new `..data` over the old one. This
 recreates that layout (a real kubelet is not available here) under a real `proxyd serve`:
-a user added to the Secret is accepted without a restart, and the placeholder Secret
-shipped in deploy/kubernetes (an empty nonce secret) stops proxyd with a clear error.
+a user added to the Secret is accepted without a restart, the placeholder Secret
+shipped in deploy/kubernetes (an empty nonce secret) stops proxyd with a clear error, and
+a renewed kubernetes.io/tls Secret (cert-manager's proxyd-tls) is served by the TLS
+listener without a restart.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pytest
 import yaml
 from deploy_kit import DEPLOY
 from harness import (
+    PROXY_HOST,
     Origins,
     add_user,
     clean_env,
@@ -131,3 +134,35 @@ def test_the_shipped_placeholder_secret_stops_proxyd_clearly(
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "nonce secret too short" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_renewed_tls_secret_is_served_without_restart(
+    proxyd_factory: object, tmp_path: Path
+) -> None:
+    """cert-manager renews proxyd-tls; the kubelet swaps `..data`; new handshakes get the
+    new certificate. Both files change in one rename, so proxyd never sees a new key
+    with the old certificate (no refused reload on the way)."""
+    from tls_kit import proxy_ca, serial_of, tls_connect
+
+    ca = proxy_ca(tmp_path / "ca")
+
+    def secret(name: str) -> dict[str, bytes]:
+        chain, key = ca.issue(name)
+        return {"tls.crt": chain.read_bytes(), "tls.key": key.read_bytes()}
+
+    volume = tmp_path / "tls"
+    project(volume, secret("issued"))
+    proxy = proxyd_factory(  # type: ignore[operator]
+        tls_listen=f"{PROXY_HOST}:0",
+        tls={"certificate": str(volume / "tls.crt"), "key": str(volume / "tls.key")},
+        admin_listen=f"{PROXY_HOST}:0",
+    )
+    port = int(proxy.wait_for_log(r"TLS listening on \S+:(\d+)").group(1))
+    with tls_connect(port, ca) as first:
+        issued = serial_of(first)
+
+    project(volume, secret("renewed"))
+    proxy.wait_for_log(r"certificate reloaded", timeout=RELOAD_BOUND)
+    with tls_connect(port, ca) as fresh:
+        assert serial_of(fresh) != issued
+    assert "certificate reload refused" not in proxy.log(), proxy.log()
