@@ -276,8 +276,13 @@ class TlsStream(asyncio.Protocol):
         self.buffer[0:0] = data
 
     def take_buffer(self) -> bytes:
+        """Everything buffered, for a relay that takes the reading over from here."""
         data = bytes(self.buffer)
         self.buffer.clear()
+        if self.reading_paused:
+            self.reading_paused = False
+            if not self._transport.is_closing():
+                self._transport.resume_reading()
         return data
 
     # writing (the engine's writer)
@@ -403,7 +408,7 @@ class TlsClient:
         early: bytes,
         on_bytes: Callable[[bool, int], None],
     ) -> Relay:
-        relay = TlsRelay(self.stream, early + self.stream.take_buffer(), on_bytes)
+        relay = TlsRelay(self.stream, early, on_bytes)
         await self.loop.connect_accepted_socket(lambda: relay.server_side, server)
         return relay
 
@@ -477,9 +482,10 @@ class TlsRelay:
 
     def start(self) -> None:
         self.client.relay = self
-        if self.early:
-            self.up(self.early)
-            self.early = b""
+        pending = self.early + self.client.take_buffer()  # what came while it was dialed
+        self.early = b""
+        if pending:
+            self.up(pending)
         if self.client.eof:  # the client's end came before the tunnel did
             self.up_ended()
         if self.client.lost.done():
