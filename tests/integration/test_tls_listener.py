@@ -456,6 +456,29 @@ def test_a_tls_tunnel_carries_megabytes_both_ways_intact(
     assert f"up={len(payload)}" in line and " auth=ok " in line
 
 
+def test_bytes_sent_with_the_connect_inside_tls_reach_the_server_first(
+    proxyd_factory: Any, ca: ProxyCA, origins: Origins
+) -> None:
+    import base64
+
+    _, tls_port = start_tls_proxyd(proxyd_factory, ca)
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    host, port = origins.speak_first
+    early = b"early bytes, before the 200\n" * 1000
+    with tls_connect(tls_port, ca) as sock:
+        sock.sendall(
+            f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Proxy-Authorization: Basic {token}\r\n\r\n".encode()
+            + early
+        )
+        head = _read_head(sock)
+        assert head.startswith("HTTP/1.1 200"), head
+        rest = head.encode("latin-1").partition(b"\r\n\r\n")[2]
+        banner = b"SSH-2.0-proxyd-test\r\n"
+        got = rest + _read_exactly(sock, len(banner) + len(early) - len(rest))
+        assert got == banner + early
+
+
 def test_an_idle_tls_tunnel_is_closed(proxyd_factory: Any, ca: ProxyCA, origins: Origins) -> None:
     proxy, tls_port = start_tls_proxyd(proxyd_factory, ca, limits={"idle_timeout": 2})
     tunnel = _open_tunnel(tls_port, ca, origins)
