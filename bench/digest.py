@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from proxy.core.digest_client import parse_challenges
@@ -63,9 +64,15 @@ def status_of(head: bytes) -> int:
     return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
 
 
-def fetch_challenge(proxy: tuple[str, int], request: bytes) -> Challenge:
-    """Send `request` without credentials; the proxy's 407 carries a fresh nonce."""
-    with socket.create_connection(proxy, timeout=10) as sock:
+def fetch_challenge(
+    proxy: tuple[str, int],
+    request: bytes,
+    connect: Callable[[], socket.socket] | None = None,
+) -> Challenge:
+    """Send `request` without credentials; the proxy's 407 carries a fresh nonce.
+    `connect`: how to reach the proxy (a TLS listener: a TLS connection); default plain TCP."""
+    opened = connect() if connect is not None else socket.create_connection(proxy, timeout=10)
+    with opened as sock:
         sock.sendall(request)
         head, _ = read_head(sock)
     if status_of(head) != 407:

@@ -8,12 +8,14 @@ nor teardown is charged to the transfer.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import multiprocessing
 import multiprocessing.connection
 import queue
 import resource
 import socket
+import ssl
 import time
 import traceback
 from collections.abc import Callable
@@ -32,11 +34,68 @@ _CTX = multiprocessing.get_context("fork")
 
 
 @dataclass(frozen=True)
+class ProxyTls:
+    """How a generator speaks TLS to a proxy's TLS listener: the CA that signed the
+    proxy's certificate (the bench's own) and the name the certificate is checked for."""
+
+    cafile: str
+    server_hostname: str
+
+
+@dataclass(frozen=True)
 class Endpoint:
-    """How a generator reaches `dest`: through `proxy` (None: direct), with Digest or not."""
+    """How a generator reaches `dest`: through `proxy` (None: direct), authenticated or
+    not; `tls`: inside TLS to the proxy (its `https://` listener); `scheme`: "digest"
+    (a 407 first for the nonce, then nc counting up) or "basic" (sent up front, only
+    meaningful inside TLS)."""
 
     proxy: tuple[str, int] | None
     auth: bool
+    tls: ProxyTls | None = None
+    scheme: str = "digest"
+
+
+_CONTEXTS: dict[str, ssl.SSLContext] = {}
+
+
+def _context(tls: ProxyTls) -> ssl.SSLContext:
+    """One client context per CA file and process (verification on, as a client's)."""
+    context = _CONTEXTS.get(tls.cafile)
+    if context is None:
+        context = _CONTEXTS[tls.cafile] = ssl.create_default_context(cafile=tls.cafile)
+    return context
+
+
+def connect(
+    endpoint: Endpoint, dest: tuple[str, int], timeout: float = IO_TIMEOUT
+) -> socket.socket:
+    """A connected socket to the proxy (or to `dest` directly); inside TLS, handshaken
+    and the proxy's certificate verified."""
+    sock = socket.create_connection(endpoint.proxy or dest, timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if endpoint.proxy is None or endpoint.tls is None:
+        return sock
+    try:
+        return _context(endpoint.tls).wrap_socket(
+            sock, server_hostname=endpoint.tls.server_hostname
+        )
+    except BaseException:
+        sock.close()
+        raise
+
+
+class BasicSigner:
+    """Proxy-Authorization for Basic: the same value every time, no challenge first."""
+
+    def __init__(self) -> None:
+        token = base64.b64encode(f"{digest.USER}:{digest.PASSWORD}".encode()).decode()
+        self.value = f"Basic {token}"
+
+    def header(self) -> str:
+        return self.value
+
+
+Signer = digest.DigestSigner | BasicSigner
 
 
 class ProxyRefused(Exception):
@@ -49,22 +108,25 @@ def _hostport(dest: tuple[str, int]) -> str:
     return f"{dest[0]}:{dest[1]}"
 
 
-def connect_signer(endpoint: Endpoint, dest: tuple[str, int]) -> digest.DigestSigner | None:
-    """A signer for CONNECT to `dest` with a fresh nonce (one per generator process)."""
+def connect_signer(endpoint: Endpoint, dest: tuple[str, int]) -> Signer | None:
+    """A signer for CONNECT to `dest`; Digest: a fresh nonce (one per generator process),
+    fetched the way the tunnels will go (inside TLS on a TLS endpoint)."""
     if endpoint.proxy is None or not endpoint.auth:
         return None
+    if endpoint.scheme == "basic":
+        return BasicSigner()
     authority = _hostport(dest)
     request = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode()
-    challenge = digest.fetch_challenge(endpoint.proxy, request)
+    challenge = digest.fetch_challenge(endpoint.proxy, request, lambda: connect(endpoint, dest))
     return digest.DigestSigner(challenge, "CONNECT", authority)
 
 
 def open_tunnel(
-    endpoint: Endpoint, dest: tuple[str, int], signer: digest.DigestSigner | None
+    endpoint: Endpoint, dest: tuple[str, int], signer: Signer | None
 ) -> tuple[socket.socket, bytes]:
-    """A connected socket to `dest` (through the proxy's CONNECT if any) and early bytes."""
-    sock = socket.create_connection(endpoint.proxy or dest, timeout=IO_TIMEOUT)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    """A connected socket to `dest` (through the proxy's CONNECT if any) and early bytes.
+    On a TLS endpoint the socket is the TLS connection to the proxy, the tunnel inside it."""
+    sock = connect(endpoint, dest)
     if endpoint.proxy is None:
         return sock, b""
     authority = _hostport(dest)
@@ -125,12 +187,13 @@ SETUP_SAMPLES = 50_000  # per worker: enough for a p50, bounded memory
 
 
 class TunnelChurn:
-    """New tunnels in a loop: connect, CONNECT (+Digest), 200, PING/PONG, origin closes."""
+    """New tunnels in a loop: connect (+ a full TLS handshake on a TLS endpoint: no
+    session is resumed), CONNECT (+Digest or Basic), 200, PING/PONG, origin closes."""
 
     def __init__(self, endpoint: Endpoint, dest: tuple[str, int]) -> None:
         self.endpoint, self.dest = endpoint, dest
         self.signer = connect_signer(endpoint, dest)
-        self.setup_ms: list[float] = []  # connect to 200 (or to the socket, direct)
+        self.setup_ms: list[float] = []  # connect (+TLS) to 200 (or to the socket, direct)
 
     def once(self) -> None:
         begun = time.perf_counter()

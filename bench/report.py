@@ -420,3 +420,128 @@ def tunnel_goals_table(results: dict[str, Any]) -> str:
             verdict += ", INVALID run"
         lines.append(f"| {c['check']} | {mine:,.3f} | {theirs:,.3f} | {between} | {verdict} |")
     return "\n".join(lines)
+
+
+# The TLS listeners next to the plain ones (the tunnel workloads): columns in this order,
+# then the ratios (a ÷ b) of medians.
+TLS_COLUMNS = (
+    "squid-digest",
+    "squid-tls-digest",
+    "proxyd-digest",
+    "proxyd-tls-digest",
+    "proxyd-tls-basic",
+)
+TLS_RATIOS: list[tuple[str, str]] = [
+    ("proxyd-tls-digest", "squid-tls-digest"),
+    ("proxyd-tls-digest", "proxyd-digest"),
+    ("squid-tls-digest", "squid-digest"),
+    ("proxyd-tls-basic", "proxyd-tls-digest"),
+]
+TLS_METRICS = {"tunnels_w": ("per_s", "setup_p50_ms"), "bulk_s": ("MBps", "cpu_s_per_GB")}
+# Generators + origin at least this many cores busy (of the one they share): the proxy's
+# figure is a floor set by the load side, not the proxy's limit (marked in the TLS table).
+LOAD_SIDE_FULL = 0.9
+
+
+def _load_side(results: dict[str, Any], workload: str, target: str) -> float | None:
+    """Median cores busy on the load side (generators + origin) over a target's rounds."""
+    rounds = results["workloads"][workload].get(target, {}).get("rounds", [])
+    busy = [r["generator_cpu"] + r["origin_cpu"] for r in rounds if "generator_cpu" in r]
+    return statistics.median(busy) if busy else None
+
+
+def _tls_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(workload, metric, label, format) of the workloads a TLS target ran."""
+    tls = [name for name, info in results["targets"].items() if info.get("tls")]
+    ran = {
+        workload
+        for workload, per_target in results["workloads"].items()
+        if any(per_target.get(t, {}).get("rounds") for t in tls)
+    }
+    order = [metric for metrics in TLS_METRICS.values() for metric in metrics]
+    rows = [
+        row
+        for row in _rows(results)
+        if row[0] in ran
+        and any(row[0].startswith(p) and row[1] in m for p, m in TLS_METRICS.items())
+    ]
+    return sorted(rows, key=lambda row: order.index(row[1]))  # tunnels first, then bulk
+
+
+def tls_comparison(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per TLS row: each column's median and validity, and the TLS_RATIOS present."""
+    targets = results["targets"]
+    columns = [t for t in TLS_COLUMNS if t in targets]
+    out = []
+    for workload, metric, label, _ in _tls_rows(results):
+        values = {t: _median(results, workload, t, metric) for t in columns}
+        ratios = {}
+        for a, b in _pairs(results, TLS_RATIOS):
+            mine, theirs = values[a], values[b]
+            ratios[f"{a} / {b}"] = mine / theirs if mine is not None and theirs else None
+        out.append(
+            {
+                "workload": workload,
+                "metric": metric,
+                "label": label,
+                "values": values,
+                "valid": {t: _valid(results, workload, t) for t in columns},
+                "load_side_cpu": {t: _load_side(results, workload, t) for t in columns},
+                "ratios": ratios,
+            }
+        )
+    return out
+
+
+def tls_table(results: dict[str, Any]) -> str:
+    targets = results["targets"]
+    tls_meta = results["meta"].get("tls", {})
+    notes = []
+    if "squid_refused" in tls_meta:
+        refused = tls_meta["squid_refused"]
+        notes.append(f"Squid TLS+digest: not measured, Squid refused `https_port`: {refused}")
+    columns = [t for t in TLS_COLUMNS if t in targets]
+    pairs = _pairs(results, TLS_RATIOS)
+    if not any(targets[t].get("tls") for t in columns):
+        return "\n".join([*notes, "(no TLS targets in this run)"])
+    header = [targets[t]["label"] for t in columns]
+    header += [f"{targets[a]['label']} ÷ {targets[b]['label']}" for a, b in pairs]
+    lines = ["| workload | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
+    floors = False
+    for workload, metric, label, fmt in _tls_rows(results):
+        cells = []
+        for t in columns:
+            cell = _cell(results["workloads"][workload].get(t), metric, fmt)
+            busy = _load_side(results, workload, t)
+            if metric in ("per_s", "MBps") and busy is not None and busy >= LOAD_SIDE_FULL:
+                cell += " ‡"
+                floors = True
+            cells.append(cell)
+        for a, b in pairs:
+            mine = _median(results, workload, a, metric)
+            theirs = _median(results, workload, b, metric)
+            text = _ratio(mine, theirs)
+            if text != "—" and metric.endswith("_ms"):
+                assert mine is not None and theirs is not None
+                text += f" ({mine - theirs:+.3f} ms)"
+            if text != "—" and not _valid(results, workload, a, b):
+                text += " INVALID"
+            cells.append(text)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if floors:
+        notes.append(
+            f"‡ the load side (generators + origin, one core) was at least {LOAD_SIDE_FULL} "
+            "of its core busy: that proxy's figure is a floor, not its limit"
+        )
+    negotiated = tls_meta.get("negotiated", {})
+    if "certificate" in tls_meta:
+        notes.append(f"TLS: certificate {tls_meta['certificate']}")
+    if negotiated:
+        notes.append(
+            "negotiated: " + "; ".join(f"{targets[t]['label']} {v}" for t, v in negotiated.items())
+        )
+    notes.append(
+        "TLS set-up p50: TCP connect, full TLS handshake (certificate verified), CONNECT, "
+        "to the 200's head"
+    )
+    return "\n".join([*lines, "", *(f"- {n}" for n in notes)])

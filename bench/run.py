@@ -4,9 +4,10 @@
 
 Starts nginx (1 KiB file) and a TCP sink/ping origin on 127.0.0.2, then on 127.0.0.1:
 Squid and proxyd (each without auth and with Digest), proxyd again under `python -O`,
-and the bare mitmproxy engine (bare_engine.py, plain and -O). Runs every workload
-against every target, rounds interleaved, and writes build/bench/results.json plus
-Markdown tables.
+the bare mitmproxy engine (bare_engine.py, plain and -O), and the TLS listeners: Squid's
+`https_port` and proxyd's `tls_listen` with Digest (proxyd also with Basic inside TLS),
+for the tunnel workloads. Runs every workload against every target it applies to,
+rounds interleaved, and writes build/bench/results.json plus Markdown tables.
 Must run as root (Squid switches to its `proxy` user). Loopback only; every wait bounded.
 """
 
@@ -19,7 +20,7 @@ import os
 import platform
 import resource
 import shutil
-import socket
+import ssl
 import sys
 import tempfile
 import time
@@ -35,7 +36,7 @@ import procstat
 import report
 import services
 import wrkrun
-from loadgen import Endpoint
+from loadgen import Endpoint, ProxyTls
 
 REQUIRED = {
     "wrk": "Debian package wrk",
@@ -73,10 +74,14 @@ class Target:
     reference: str | None = None  # the Squid target its ratios are taken against
     optimize: bool = False  # run under `python -O`
     notes: list[str] = field(default_factory=list)
+    tls: ProxyTls | None = None  # the proxy's TLS listener: clients speak TLS to it
+    scheme: str = "digest"  # with auth: "digest", or "basic" (inside TLS only)
+    plain: str | None = None  # a TLS target: the same proxy's plain-listener target
 
     @property
     def endpoint(self) -> Endpoint:
-        return Endpoint(self.service.address if self.service else None, self.auth)
+        address = self.service.address if self.service else None
+        return Endpoint(address, self.auth, self.tls, self.scheme)
 
     @property
     def pid(self) -> int | None:
@@ -117,7 +122,7 @@ class Bench:
         self.targets: list[Target] = []
         self.nginx: services.Service | None = None
         self.tcp: services.Service | None = None
-        self.meta: dict[str, Any] = {"notes": []}
+        self.meta: dict[str, Any] = {"notes": [], "tls": {}}
 
     # ----------------------------------------------------------------- set-up
 
@@ -175,24 +180,84 @@ class Bench:
                 )
                 reference = "squid-digest" if auth else "squid"
                 self.targets.append(Target(name, label, auth, count, service, reference, optimize))
+        self.start_tls(users, htdigest, ports)
         for target in self.targets:
             self.check(target)
 
+    def start_tls(self, users: Path, htdigest: Path, ports: list[int]) -> None:
+        """The TLS listeners, for the tunnel workloads: Squid's `https_port` with Digest
+        (if this Squid runs one) and one proxyd with `tls_listen` and `basic_over_tls`,
+        measured with Digest (as the plain rows) and with Basic."""
+        files = services.make_proxy_tls(self.workdir / "tls")
+        tls = ProxyTls(str(files.ca), files.hostname)
+        self.meta["tls"]["certificate"] = f"{files.key_type}, one trustme CA, SNI {files.hostname}"
+        name = "squid-tls-digest"
+        try:
+            squid = services.start_squid(
+                self.workdir / name, name, htdigest, ports, self.cpus.proxy, tls=files
+            )
+        except services.StartError as error:
+            reason = _squid_error(str(error))
+            self.meta["tls"]["squid_refused"] = reason
+            self.meta["notes"].append(f"Squid TLS (https_port): not measured, Squid said: {reason}")
+        else:
+            self.targets.append(
+                Target(name, "Squid TLS+digest", True, 1, squid, tls=tls, plain="squid-digest")
+            )
+        service = services.start_proxyd(
+            self.workdir / "proxyd-tls",
+            "proxyd-tls",
+            users,
+            ports,
+            auth=True,
+            workers=1,
+            cpus=self.cpus.proxy,
+            tls=files,
+        )
+        # One process serves both: the same TLS listener, Digest or Basic per request.
+        for scheme in ("digest", "basic"):
+            self.targets.append(
+                Target(
+                    f"proxyd-tls-{scheme}",
+                    f"proxyd TLS+{scheme}",
+                    True,
+                    1,
+                    service,
+                    tls=tls,
+                    scheme=scheme,
+                    plain="proxyd-digest",
+                )
+            )
+
     def check(self, target: Target) -> None:
-        """One GET: a Digest target must answer 407 without credentials and 200 with."""
+        """One GET: a Digest target must answer 407 without credentials and 200 with (a
+        TLS target: inside TLS, the proxy's certificate verified; Basic: 200 at once)."""
         assert self.nginx is not None
         origin = f"{self.nginx.address[0]}:{self.nginx.address[1]}"
         if target.service is None:
             return
+        endpoint, nginx = target.endpoint, self.nginx.address
         uri = f"http://{origin}/1k"
         request = f"GET {uri} HTTP/1.1\r\nHost: {origin}\r\n"
         extra = ""
         if target.auth:
-            challenge = digest.fetch_challenge(target.service.address, (request + "\r\n").encode())
-            extra = (
-                f"Proxy-Authorization: {digest.DigestSigner(challenge, 'GET', uri).header()}\r\n"
+            challenge = digest.fetch_challenge(
+                target.service.address,
+                (request + "\r\n").encode(),
+                lambda: loadgen.connect(endpoint, nginx),
             )
-        with socket.create_connection(target.service.address, timeout=10) as sock:
+            signer: loadgen.Signer = (
+                loadgen.BasicSigner()
+                if target.scheme == "basic"
+                else digest.DigestSigner(challenge, "GET", uri)
+            )
+            extra = f"Proxy-Authorization: {signer.header()}\r\n"
+        with loadgen.connect(endpoint, nginx) as sock:
+            if isinstance(sock, ssl.SSLSocket):
+                cipher = sock.cipher()
+                self.meta["tls"].setdefault("negotiated", {})[target.name] = (
+                    f"{sock.version()} {cipher[0] if cipher else '?'}"
+                )
             sock.sendall((request + extra + "Connection: close\r\n\r\n").encode())
             head, body = digest.read_head(sock)
             while chunk := sock.recv(65536):
@@ -238,8 +303,10 @@ class Bench:
     def busy(result: loadgen.ParallelResult) -> dict[str, float]:
         return {f"{name}_cpu": cpu / result.wall for name, cpu in result.watched_cpu.items()}
 
-    def get(self, target: Target, connections: int) -> dict[str, Any]:
+    def get(self, target: Target, connections: int) -> dict[str, Any] | None:
         assert self.nginx is not None
+        if target.tls is not None:
+            return None  # wrk cannot speak TLS to a proxy; the TLS rows are tunnels
         threads = min(connections, self.arrange(target))
         out = wrkrun.run_wrk(
             target.endpoint,
@@ -253,8 +320,10 @@ class Bench:
         out["errors"] = out["non_2xx"] + out["socket_errors"] + int(out["digest_exhausted"])
         return out
 
-    def bulk(self, target: Target, streams: int) -> dict[str, Any]:
+    def bulk(self, target: Target, streams: int) -> dict[str, Any] | None:
         assert self.tcp is not None
+        if target.tls is not None and streams != max(self.plan.bulk_streams):
+            return None  # TLS: the most streams only (the run's time)
         self.arrange(target)
         result = loadgen.run_parallel(
             loadgen.BulkStream,
@@ -310,8 +379,8 @@ class Bench:
 
     def idle(self, target: Target) -> dict[str, Any] | None:
         assert self.tcp is not None
-        if target.pid is None:
-            return None  # no proxy, no proxy memory
+        if target.pid is None or target.tls is not None:
+            return None  # no proxy, no proxy memory; TLS: not measured (the run's time)
         # A fresh process: after load, freed arenas would hide what tunnels cost (the
         # second round's tunnels reuse the first round's memory).
         assert target.service is not None
@@ -435,12 +504,19 @@ def summarize(data: dict[str, dict[str, Any]]) -> None:
                     }
                     for r in entry["rounds"]
                 ],
-                "not_applicable": False,
+                "not_applicable": entry["not_applicable"],
                 "summary": report.summarize(entry["rounds"], ("p50_ms", "p99_ms")),
                 "source": "get_c1",
             }
             for target, entry in data["get_c1"].items()
         }
+
+
+def _squid_error(error: str) -> str:
+    """The lines of a failed Squid start that say why (FATAL, ERROR), else its last one."""
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    said = [line for line in lines if "FATAL" in line or "ERROR" in line]
+    return " / ".join(said) if said else (lines[-1] if lines else "no output")
 
 
 def missing_components() -> list[str]:
@@ -520,6 +596,9 @@ def main(argv: Sequence[str] = sys.argv[1:]) -> int:
                 "workers": t.workers,
                 "reference": t.reference,
                 "optimize": t.optimize,
+                "tls": t.tls is not None,
+                "scheme": t.scheme if t.auth else None,
+                "plain": t.plain,
                 "pid": t.pid,
                 "argv": t.service.argv if t.service else None,
             }
@@ -530,6 +609,7 @@ def main(argv: Sequence[str] = sys.argv[1:]) -> int:
     }
     results["goals"] = report.goals(results)
     results["tunnel_goals"] = report.tunnel_goals(results)
+    results["tls_comparison"] = report.tls_comparison(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     print_report(results, args.out)
@@ -555,6 +635,7 @@ def meta(
         "wall_s": wall,
         "fd_limit": fd_limit,
         "rss_fresh_MiB": fresh,
+        "tls": bench.meta["tls"],
         "versions": {
             "squid": services.version([services.SQUID, "-v"], r"Version (\S+)"),
             "nginx": services.version([services.NGINX, "-v"], r"nginx/(\S+)"),
@@ -579,6 +660,11 @@ def meta(
             "typechecks off)",
             "bulk: upload through the tunnel into a sink that counts bytes; every "
             f"{loadgen.CYCLE >> 20} MiB transfer is acknowledged with its byte count and checked",
+            "TLS targets: the client speaks TLS to the proxy's TLS listener (certificate "
+            "verified against the bench's CA), then CONNECT inside it; each new tunnel is a "
+            "full handshake (no session resumption); proxyd relays tunnels inside TLS in user "
+            "space (no splice); measured for the tunnel workloads only (bulk at the most "
+            "streams)",
         ],
     }
 
@@ -626,6 +712,10 @@ def print_report(results: dict[str, Any], out: Path) -> None:
     print("Issue 14 targets, tunnels on proxyd's own front (reported, not asserted):")
     print()
     print(report.tunnel_goals_table(results))
+    print()
+    print("TLS listener next to the plain listener (tunnels; ratios of medians):")
+    print()
+    print(report.tls_table(results))
     print()
     print("Generator and proxy CPU (cores busy, median), errors (sum over rounds):")
     print()

@@ -1,5 +1,6 @@
 """The processes under test and behind it: nginx, the TCP origin, Squid, the bare
-mitmproxy engine (bare_engine.py) and proxyd.
+mitmproxy engine (bare_engine.py) and proxyd; and the TLS listeners' certificate
+(`make_proxy_tls`: a throwaway trustme CA, Squid's `https_port` and proxyd's `tls_listen`).
 
 Every start waits with a deadline and every stop escalates SIGTERM -> SIGKILL, so a
 broken component fails the bench instead of hanging it. All listen on loopback only.
@@ -19,6 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import digest
 
@@ -33,6 +35,9 @@ STOP_TIMEOUT = 10.0
 FILE_1K = b"x" * 1023 + b"\n"
 REPO = Path(__file__).resolve().parent.parent
 PROXYD = Path(sys.executable).parent / "proxyd"
+# The name the TLS listeners' certificate is issued for (and 127.0.0.1); clients send it as
+# SNI and check the certificate against it.
+TLS_HOSTNAME = "proxy.bench.test"
 
 
 class StartError(RuntimeError):
@@ -174,14 +179,54 @@ def start_tcp_origin(directory: Path) -> Service:
 # --------------------------------------------------------------------------- proxies
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """The TLS listeners' certificate: PEM files, and the CA clients verify it with."""
+
+    ca: Path
+    certificate: Path  # the certificate, then its chain
+    key: Path
+    hostname: str
+    key_type: str
+
+
+def make_proxy_tls(directory: Path) -> TlsFiles:
+    """A throwaway CA (trustme, in the venv with the test dependencies) and a certificate
+    for TLS_HOSTNAME and PROXY_HOST; readable by Squid's user. trustme's default key type
+    (ECDSA P-256), as an ACME client's default certificate today."""
+    import trustme
+
+    directory.mkdir(mode=0o755)
+    ca = trustme.CA(organization_name="proxyd bench")
+    leaf = ca.issue_cert(TLS_HOSTNAME, PROXY_HOST)
+    files = TlsFiles(
+        directory / "ca.pem",
+        directory / "proxy.crt",
+        directory / "proxy.key",
+        TLS_HOSTNAME,
+        "ECDSA P-256",
+    )
+    ca.cert_pem.write_to_path(str(files.ca))
+    files.certificate.write_bytes(b"".join(pem.bytes() for pem in leaf.cert_chain_pems))
+    leaf.private_key_pem.write_to_path(str(files.key))
+    account = pwd.getpwnam(SQUID_USER)
+    for path, mode in ((files.ca, 0o644), (files.certificate, 0o644), (files.key, 0o640)):
+        path.chmod(mode)
+        os.chown(path, 0, account.pw_gid)
+    return files
+
+
 def start_squid(
     directory: Path,
     name: str,
     htdigest: Path | None,
     ports: Sequence[int],
     cpus: set[int] | None,
+    tls: TlsFiles | None = None,
 ) -> Service:
-    """Squid with proxyd's bench policy: only ORIGIN_HOST on `ports`, Digest if htdigest.
+    """Squid with proxyd's bench policy: only ORIGIN_HOST on `ports`, Digest if htdigest;
+    with `tls` its only port is an `https_port` (TLS to the proxy, Debian's GnuTLS build),
+    the rest of the configuration unchanged.
 
     Started as root it switches to `proxy`, so its folder and password file go to that
     user (as in tests/integration/squid_kit.py).
@@ -191,8 +236,12 @@ def start_squid(
     os.chown(directory, account.pw_uid, account.pw_gid)
     port = free_port(PROXY_HOST)
     port_list = " ".join(str(p) for p in ports)
+    if tls is None:
+        listen = f"http_port {PROXY_HOST}:{port}"
+    else:
+        listen = f"https_port {PROXY_HOST}:{port} tls-cert={tls.certificate} tls-key={tls.key}"
     lines = [
-        f"http_port {PROXY_HOST}:{port}",
+        listen,
         f"cache_effective_user {SQUID_USER}",
         f"acl bench_ports port {port_list}",
         f"acl bench_zone dst {ORIGIN_HOST}/32",
@@ -274,12 +323,20 @@ def make_users(directory: Path) -> tuple[Path, Path]:
 
 
 def _write_proxyd_config(
-    path: Path, users: Path, host: str, port: int, ports: Sequence[int], *, auth: bool
+    path: Path,
+    users: Path,
+    host: str,
+    port: int,
+    ports: Sequence[int],
+    *,
+    auth: bool,
+    tls: TlsFiles | None = None,
+    tls_port: int = 0,
 ) -> None:
     import yaml  # proxyd's own dependency, in the same venv
 
     huge = {"burst": 100_000, "per_minute": 100_000}
-    config = {
+    config: dict[str, Any] = {
         "listen": f"{host}:{port}",
         "realm": digest.REALM,
         "drain_timeout": 1,
@@ -308,6 +365,10 @@ def _write_proxyd_config(
             }
         ],
     }
+    if tls is not None:
+        config["tls_listen"] = f"{host}:{tls_port}"
+        config["tls"] = {"certificate": str(tls.certificate), "key": str(tls.key)}
+        config["auth"]["basic_over_tls"] = True  # the Basic target; Digest works as well
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
@@ -321,19 +382,28 @@ def start_proxyd(
     workers: int,
     cpus: set[int] | None,
     optimize: bool = False,
+    tls: TlsFiles | None = None,
 ) -> Service:
     """`proxyd serve`; `optimize`: the same entry point under `python -O` (no asserts,
-    and mitmproxy's per-message typechecks behind `__debug__` are skipped)."""
+    and mitmproxy's per-message typechecks behind `__debug__` are skipped). With `tls`
+    it also has `tls_listen` with that certificate and `auth.basic_over_tls`, and the
+    service's address is the TLS listener's (the plain one is unused)."""
     directory.mkdir(mode=0o755)
     port = free_port(PROXY_HOST)
+    tls_port = free_port(PROXY_HOST) if tls is not None else 0
+    while tls is not None and tls_port == port:
+        tls_port = free_port(PROXY_HOST)
     config = directory / "config.yaml"
-    _write_proxyd_config(config, users, PROXY_HOST, port, ports, auth=auth)
+    _write_proxyd_config(
+        config, users, PROXY_HOST, port, ports, auth=auth, tls=tls, tls_port=tls_port
+    )
     argv = [str(PROXYD), "serve", "--config", str(config)]
     if optimize:
         argv = [sys.executable, "-O", *argv]
     if workers > 1:
         argv += ["--workers", str(workers)]
-    return _spawn(name, pinned(argv, cpus), directory / "proxyd.out", (PROXY_HOST, port), directory)
+    address = (PROXY_HOST, tls_port if tls is not None else port)
+    return _spawn(name, pinned(argv, cpus), directory / "proxyd.out", address, directory)
 
 
 def start_bare_engine(

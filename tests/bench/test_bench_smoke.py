@@ -1,6 +1,7 @@
-"""`bench/run.py --smoke` end to end: the bench runs, covers everything, and the proxies
-answered correctly. No speed is asserted: figures from a 0.5 s run on a shared machine
-mean nothing; only that the bench still works (so `make bench` cannot rot).
+"""`bench/run.py --smoke` end to end: the bench runs, covers everything (the TLS listeners'
+tunnel workloads too), and the proxies answered correctly. No speed is asserted: figures
+from a 0.5 s run on a shared machine mean nothing; only that the bench still works (so
+`make bench` cannot rot).
 """
 
 from __future__ import annotations
@@ -26,7 +27,11 @@ COMPONENTS = {
     "digest_file_auth": "/usr/lib/squid/digest_file_auth",
     "taskset": "taskset",
 }
-TIMEOUT = 240  # the smoke takes ~90 s; a hang must not eat the suite's time
+TIMEOUT = 240  # the smoke takes ~105 s; a hang must not eat the suite's time
+# The TLS listeners' targets; Squid's only if this Squid runs an `https_port` (the report
+# then says why not).
+TLS_TARGETS = {"proxyd-tls-digest", "proxyd-tls-basic"}
+SQUID_TLS = "squid-tls-digest"
 
 
 def _require_components() -> None:
@@ -62,6 +67,12 @@ def _rounds(results: dict[str, Any], workload: str, target: str) -> list[dict[st
     return list(entry["rounds"])
 
 
+def _tls_workloads(config: dict[str, Any]) -> set[str]:
+    """What a TLS target runs: tunnel churn at every worker count, bulk at the most streams."""
+    workloads = {f"tunnels_w{w}" for w in config["tunnel_workers"]}
+    return workloads | {f"bulk_s{max(config['bulk_streams'])}"}
+
+
 def test_every_workload_for_every_target(smoke: dict[str, Any]) -> None:
     config = smoke["config"]
     expected = {f"get_c{c}" for c in config["get_levels"]}
@@ -72,12 +83,18 @@ def test_every_workload_for_every_target(smoke: dict[str, Any]) -> None:
     targets = set(smoke["targets"])
     assert {"direct", "squid", "squid-digest", "proxyd", "proxyd-digest"} <= targets
     assert {"bare", "bare-O", "proxyd-O", "proxyd-O-digest"} <= targets
+    assert targets >= TLS_TARGETS
+    tls = {name for name, info in smoke["targets"].items() if info["tls"]}
+    assert tls == TLS_TARGETS | ({SQUID_TLS} & targets)
     for workload in expected:
         assert set(smoke["workloads"][workload]) == targets, workload
         for target in targets:
             entry = smoke["workloads"][workload][target]
             if workload == "idle_tunnels" and target == "direct":
                 assert entry["not_applicable"]  # no proxy, no proxy memory
+                continue
+            if target in tls and workload not in _tls_workloads(config):
+                assert entry["not_applicable"] and not entry["rounds"], (workload, target)
                 continue
             assert len(entry["rounds"]) == config["rounds"], (workload, target)
             assert entry["summary"], (workload, target)
@@ -103,6 +120,24 @@ def test_proxies_answered_correctly(smoke: dict[str, Any]) -> None:
             continue
         for r in _rounds(smoke, "idle_tunnels", target):
             assert r["errors"] == 0 and r["open"] == smoke["config"]["idle_counts"][1], r
+
+
+def test_tls_targets_spoke_tls(smoke: dict[str, Any]) -> None:
+    """The TLS targets are the proxies' TLS listeners (the check GET's negotiated version
+    is recorded), authenticated as their plain counterparts are (Basic: proxyd only)."""
+    targets = smoke["targets"]
+    negotiated = smoke["meta"]["tls"]["negotiated"]
+    for name, info in targets.items():
+        if not info["tls"]:
+            assert info["plain"] is None and name not in negotiated, name
+            continue
+        assert info["auth"] and info["plain"] in targets, (name, info)
+        assert info["scheme"] == name.rsplit("-", 1)[1], (name, info)
+        assert negotiated[name].startswith(("TLSv1.2", "TLSv1.3")), (name, negotiated)
+    if SQUID_TLS in targets:
+        assert targets[SQUID_TLS]["plain"] == "squid-digest"
+    else:
+        assert smoke["meta"]["tls"]["squid_refused"]
 
 
 def test_optimized_variants_run_under_dash_o(smoke: dict[str, Any]) -> None:
@@ -148,3 +183,32 @@ def test_report_printed(smoke: dict[str, Any]) -> None:
     assert "CPU: " in stdout
     workers = any(t["workers"] > 1 for t in smoke["targets"].values())
     assert workers or "lists no --workers" in stdout
+
+
+def test_tls_table_printed(smoke: dict[str, Any]) -> None:
+    """The TLS rows next to the plain ones: set-ups/s and p50 at every worker count, bulk
+    MB/s, with proxyd TLS ÷ Squid TLS and proxyd TLS ÷ proxyd plain (or why no Squid)."""
+    stdout = smoke["stdout"]
+    config = smoke["config"]
+    squid = SQUID_TLS in smoke["targets"]
+    assert "TLS listener next to the plain listener" in stdout
+    assert "proxyd TLS+digest ÷ proxyd+digest" in stdout
+    if squid:
+        assert "proxyd TLS+digest ÷ Squid TLS+digest" in stdout
+    else:
+        assert "Squid refused `https_port`" in stdout
+    rows = {(r["workload"], r["metric"]): r for r in smoke["tls_comparison"]}
+    bulk = f"bulk_s{max(config['bulk_streams'])}"
+    wanted = {
+        (f"tunnels_w{w}", m) for w in config["tunnel_workers"] for m in ("per_s", "setup_p50_ms")
+    }
+    wanted |= {(bulk, "MBps"), (bulk, "cpu_s_per_GB")}
+    assert set(rows) == wanted
+    columns = {"squid-digest", "proxyd-digest", *TLS_TARGETS} | ({SQUID_TLS} if squid else set())
+    for key, row in rows.items():
+        assert set(row["values"]) == columns, key
+        assert all(v is not None and v > 0 for v in row["values"].values()), (key, row)
+        assert all(row["valid"].values()), (key, row)
+        assert row["ratios"]["proxyd-tls-digest / proxyd-digest"] is not None, key
+        if squid:
+            assert row["ratios"]["proxyd-tls-digest / squid-tls-digest"] is not None, key
