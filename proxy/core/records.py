@@ -30,6 +30,7 @@ class Exchange:
     content_type: str | None = field(default=None)
     read_timed_out: bool = False
     listener: str = "http"
+    revoked: str | None = None  # why revocation ended it (removed, locked, ...)
 
     # Stream callbacks for bodies mitmproxy streams instead of buffering.
     def count_up(self, chunk: bytes) -> bytes:
@@ -58,7 +59,7 @@ class Exchange:
             bytes_up=self.bytes_up,
             bytes_down=self.bytes_down,
             rule=self.rule,
-            auth="ok" if self.user else "none",
+            auth=f"revoked_{self.revoked}" if self.revoked else "ok" if self.user else "none",
             upstream=self.upstream,
             content_type=self.content_type,
             listener=self.listener,

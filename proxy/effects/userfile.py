@@ -147,6 +147,10 @@ class UserFile:
         if now < self._next_check:
             return
         self._next_check = now + self.interval
+        self.check_now()
+
+    def check_now(self) -> None:
+        """Re-read the file if it changed, now (the revocation sweep looks more often)."""
         stamp = _stamp(self.path)
         if stamp == self._stamp:
             return

@@ -43,6 +43,7 @@ from proxy.service.deciding import decide
 from proxy.service.metrics import Metrics
 from proxy.service.recorder import Recorder
 from proxy.service.runtime import Runtime
+from proxy.service.sessions import Sessions
 
 log = logging.getLogger("proxyd")
 
@@ -104,6 +105,7 @@ class ProxydAddon:
         self.admission = Admission(runtime.config.limits.auth_failures)
         self.counts = SourceCounts()  # kept by the listener, for both paths
         self.tls_peers: set[Any] = set()  # peers of TLS connections (the front adds them)
+        self.sessions = Sessions()  # what revocation ends: tunnels, kept-alive connections
         self.certificates: Certificates | None = None  # with `tls`: what TLS serves
 
     def tls_context(self) -> ssl.SSLContext | None:
@@ -221,6 +223,8 @@ class ProxydAddon:
         request.data.host = str(admit.address)
         request.data.port = admit.port
         flow.metadata["proxyd"] = exchange
+        if admit.user is not None:
+            self._track(flow.client_conn, admit.user, ask)
         flow.metadata[ADMITTED] = Admitted(str(admit.address), admit.port)
         if request.stream or "content-length" not in request.headers:
             # A body of unknown length streams from the first byte, counted (see
@@ -391,6 +395,29 @@ class ProxydAddon:
     def client_disconnected(self, client: connection.Client) -> None:
         self._stop_waiting(client.id)
         self.error_answers.pop(client.id, None)
+        self.sessions.discard(client.id)
+
+    def _track(self, client: connection.Client, user: str, ask: Ask) -> None:
+        """A kept-alive connection of `user`: revocation closes it (sessions.py)."""
+
+        def end(reason: str) -> None:
+            handler = engine.handler_of(self.server, client.id)
+            if handler is not None:
+                engine.close(handler, client)
+            record = unjudged_record(
+                ask.peer,
+                "-",
+                "-",
+                403,
+                time.time(),
+                0,
+                listener_of(ask),
+                user,
+                f"revoked_{reason}",
+            )
+            self.recorder.record(record, decision="revoked")
+
+        self.sessions.add(client.id, self.runtime.users.lookup(user), end)
 
 
 def etag_matches(if_none_match: str | None, etag: str) -> bool:

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from proxy.service.certificates import CHECK_INTERVAL, Certificates
 from proxy.service.metrics import Metrics, register_process_metrics
 from proxy.service.recorder import Recorder
 from proxy.service.runtime import Runtime, build_runtime
+from proxy.service.sessions import SWEEP_INTERVAL
 from proxy.service.workers import WorkerRole
 
 log = logging.getLogger("proxyd")
@@ -60,6 +62,21 @@ class Lifecycle:
         self.listening = False
         self.failed = False
         self.certificate_checks: asyncio.Task[None] | None = None
+        self.revocation: asyncio.Task[None] | None = None
+
+    async def revoke_continuously(self) -> None:
+        """Removing, locking, expiring or changing the password of a user ends that user's
+        tunnels and kept-alive connections at once (service/sessions.py)."""
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            sessions, runtime = self.addon.sessions, self.addon.runtime
+            if not sessions.open:
+                continue
+            try:
+                runtime.users.check_now()
+                sessions.sweep(runtime.users.lookup, time.time())
+            except Exception:  # the sweep goes on: log, and look again
+                log.exception("revocation sweep failed")
 
     async def check_certificates(self, certificates: Certificates) -> None:
         """Rotation without a signal (certbot, cert-manager): look at the files every
@@ -95,6 +112,7 @@ class Lifecycle:
             log.info("proxyd: admin listening on %s", format_hostport(host, port))
         self.listening = True
         self.addon.runtime.ports = Listener.bound_ports()
+        self.revocation = asyncio.get_running_loop().create_task(self.revoke_continuously())
         if self.addon.certificates is not None:
             self.certificate_checks = asyncio.get_running_loop().create_task(
                 self.check_certificates(self.addon.certificates)
@@ -142,8 +160,9 @@ class Lifecycle:
 
     async def done(self) -> None:
         self.listening = False
-        if self.certificate_checks is not None:
-            self.certificate_checks.cancel()
+        for task in (self.certificate_checks, self.revocation):
+            if task is not None:
+                task.cancel()
         for server in Listener.servers:
             await server.end_connections()  # the front's: mitmproxy ends only its own
         Listener.servers.clear()

@@ -47,6 +47,7 @@ from proxy.front.dial import DialFailed, dial
 from proxy.service.deciding import decide
 from proxy.service.recorder import Recorder
 from proxy.service.runtime import Runtime
+from proxy.service.sessions import Sessions
 
 log = logging.getLogger("proxyd")
 
@@ -75,6 +76,7 @@ class Host(Protocol):
     tunnels: dict[str, Exchange]
     counts: SourceCounts
     tls_peers: set[Any]  # peer addresses of the TLS connections the engine serves
+    sessions: Sessions  # authenticated tunnels and connections, for revocation
 
     def tls_context(self) -> ssl.SSLContext | None:
         """The context serving new TLS connections (None: no certificate configured)."""
@@ -328,6 +330,14 @@ class TunnelFront:
             client.send(answers.ESTABLISHED)
             metrics.tunnel_setup.observe(time.time() - started)
             self._watch_idle(relay, activity, runtime.config.limits.idle_timeout)
+            if admit.user is not None:
+                started_relay = relay
+
+                def end(reason: str) -> None:
+                    exchange.revoked = reason
+                    started_relay.expire()
+
+                host.sessions.add(key, runtime.users.lookup(admit.user), end)
             relay.start()
             error = await relay.done
             if error is not None and not isinstance(error, (ConnectionError, TimeoutError)):
@@ -344,6 +354,7 @@ class TunnelFront:
                 self.idle.pop(relay, None)
             server.close()
             host.tunnels.pop(key, None)
+            host.sessions.discard(key)
             metrics.tunnels_active.dec()
             host.recorder.record(exchange.record(time.time()), decision="allow")
         return Ending.CLOSED
