@@ -714,3 +714,60 @@ def test_connect_imports_none_of_the_server(env: dict[str, str]) -> None:
     status, heavy = json.loads(proc.stdout)
     assert status == EXIT_UNREACHABLE, proc.stderr
     assert heavy == []
+
+
+def test_removing_the_user_ends_a_live_ssh_session_within_a_second(
+    proxyd_ssh: ProxydHandle, ssh_target: SshTarget, env: dict[str, str]
+) -> None:
+    """Revocation is immediate (issue 17): an ssh session through `proxyd connect` does
+    not outlive its user's access."""
+    command = f"{proxyd_bin()} connect --proxy {proxy_url(proxyd_ssh.address)} %h %p"
+    argv = [
+        "ssh",
+        "-F",
+        "/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "LogLevel=ERROR",
+        "-i",
+        str(ssh_target.key),
+        "-o",
+        f"ProxyCommand={command}",
+        "-p",
+        str(ssh_target.port),
+        f"root@{ssh_target.host}",
+        "echo ready; sleep 60",
+    ]
+    session = subprocess.Popen(
+        argv,
+        env=dict(env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert session.stdout is not None
+        assert session.stdout.readline() == b"ready\n"
+        subprocess.run(
+            [str(proxyd_bin()), "users", "--config", str(proxyd_ssh.config_path), "remove", USER],
+            env=clean_env(),
+            check=True,
+            capture_output=True,
+        )
+        removed = time.monotonic()
+        session.wait(timeout=10)
+        assert time.monotonic() - removed < 1.5
+        assert session.returncode != 0
+    finally:
+        if session.poll() is None:
+            session.kill()
+            session.wait()
+    logged = proxyd_ssh.wait_for_log(r"TCP_TUNNEL/200 .* auth=revoked_removed").string
+    assert f" {USER} " in logged
