@@ -11,9 +11,11 @@ import time
 
 from proxy.core import config
 from proxy.core.addresses import canonical_ip, format_hostport, parse_target, split_hostport
+from proxy.core.digest import UserSecrets
 from proxy.core.errors import BadDestination, ConfigError
 from proxy.core.pac import directive as pac_directive
 from proxy.core.pac import generate as generate_pac
+from proxy.core.policy import Who
 from proxy.effects import tlsfiles
 from proxy.effects.resolver import ResolveError, addresses_now, load_hosts
 from proxy.effects.userfile import UserFile, read_users
@@ -28,6 +30,7 @@ def run_check(args: argparse.Namespace) -> int:
         users_file = cfg.auth.users_file
         if os.path.lexists(users_file):
             UserFile(users_file, cfg.realm)  # what a start or a reload would refuse
+            check_user_groups(cfg, read_users(users_file))
         else:
             print(
                 f"note: users_file {users_file} does not exist: `proxyd serve` creates it "
@@ -44,6 +47,18 @@ def run_check(args: argparse.Namespace) -> int:
             print(f"note: trusted source {source.name!r} ({source.owner}) has expired")
     print(f"{args.file}: OK ({len(cfg.policy.zones)} zones, {len(cfg.policy.rules)} rules)")
     return 0
+
+
+def check_user_groups(cfg: config.Config, users: dict[str, UserSecrets]) -> None:
+    """Every group a user is in is declared in the config."""
+    problems = [
+        f"{cfg.auth.users_file}: user {user.name!r}: group {group!r} is not declared in groups:"
+        for user in sorted(users.values(), key=lambda u: u.name)
+        for group in user.groups
+        if group not in cfg.groups
+    ]
+    if problems:
+        raise ConfigError(problems)
 
 
 def run_reload(args: argparse.Namespace) -> int:
@@ -94,21 +109,28 @@ def run_explain(args: argparse.Namespace) -> int:
         return 1
     if target.name is not None:
         print(f"{target.name} resolves to {', '.join(map(str, addresses))}")
-    authenticated = False
+    who: Who | None = None
     if args.user:
         users = read_users(cfg.auth.users_file)
         user = users.get(args.user)
         if user is None or user.realm != cfg.realm:
             print(f"note: no user {args.user!r} in realm {cfg.realm!r}; treated as anonymous")
         else:
-            authenticated = True
+            who = Who(user.name, frozenset(user.groups))
+            groups = ", ".join(user.groups) or "none"
+            scope = [r.name for r in cfg.policy.rules if r.scoped and r.in_scope(who)]
+            print(
+                f"user {user.name}: groups {groups}; scoped rules for it: "
+                f"{', '.join(scope) or 'none'}"
+            )
+    method = args.method.upper()
     for address in addresses:
-        rule = cfg.policy.first_match(source, address, target.port)
+        rule = cfg.policy.first_match(source, address, target.port, None, method, who)
         where = format_hostport(address, target.port)
         if rule is None:
             print(f"  {source} -> {where}: no rule matches")
         else:
             print(f"  {source} -> {where}: rule {rule.name!r} (auth: {rule.auth.value})")
-    decision = cfg.policy.decide(source, addresses, target.port, authenticated)
+    decision = cfg.policy.decide(source, addresses, target.port, who, None, method)
     print(f"{decision.verdict.value}: {decision.reason}")
     return 0 if decision.allowed else 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import enum
+import re
 import sys
 from collections.abc import Sequence
 
@@ -16,6 +17,12 @@ class Exit(enum.IntEnum):
     USAGE = 2  # argparse's own
     BUG = 3
     INTERRUPTED = 130
+
+
+def method_name(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z]{1,20}", text):
+        raise argparse.ArgumentTypeError(f"not a method such as CONNECT or GET: {text!r}")
+    return text.upper()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="source", required=True, metavar="IP")
     p.add_argument("--to", dest="target", required=True, metavar="HOST:PORT")
     p.add_argument("--user", metavar="NAME")
+    p.add_argument(
+        "--method",
+        default="CONNECT",
+        type=method_name,
+        help="the request's method (default CONNECT; GET, ...)",
+    )
     p.set_defaults(func=check.run_explain)
 
     p = sub.add_parser("reload", help="make the running proxy re-read its config (SIGHUP)")

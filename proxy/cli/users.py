@@ -51,12 +51,24 @@ def add_parser(sub: Any) -> None:
         if action == "add":
             q.add_argument("--expires", metavar="DATE", help="first day refused (YYYY-MM-DD)")
             q.add_argument("--note", default="", help="who and why (partner, project, ticket)")
+            q.add_argument(
+                "--group",
+                action="append",
+                default=[],
+                metavar="GROUP",
+                help="a group the user is in (declared in the config's groups:); repeatable",
+            )
         q.set_defaults(func=func)
 
     q = users.add_parser("renew", help="set a user's expiry date")
     q.add_argument("name")
     q.add_argument("--expires", metavar="DATE", required=True, help="YYYY-MM-DD, or 'never'")
     q.set_defaults(func=run_renew)
+
+    q = users.add_parser("groups", help="set the groups a user is in (none: no group)")
+    q.add_argument("name")
+    q.add_argument("group", nargs="*", help="groups declared in the config's groups:")
+    q.set_defaults(func=run_groups)
 
     q = users.add_parser("remove", help="remove a user")
     q.add_argument("name")
@@ -104,6 +116,7 @@ def _set_password(args: argparse.Namespace, must_exist: bool) -> int:
 
     expires = parse_date(args.expires) if getattr(args, "expires", None) else None
     note = check_note(getattr(args, "note", ""))
+    groups = check_groups(cfg, getattr(args, "group", []))
     # Check before asking for a password, then again under the lock.
     precheck(read_users(cfg.auth.users_file))
     password, generated = read_password(args)
@@ -111,11 +124,12 @@ def _set_password(args: argparse.Namespace, must_exist: bool) -> int:
     def change(users: dict[str, UserSecrets]) -> None:
         precheck(users)
         old = users.get(name)
-        if old is not None:  # passwd keeps the expiry and note
-            expires_, note_ = old.expires, old.note
+        if old is not None:  # passwd keeps the expiry, note and groups (not a lock)
+            expires_, note_, groups_ = old.expires, old.note, old.groups
         else:
-            expires_, note_ = expires, note
-        users[name] = make_user(name, cfg.realm, password, expires_, note_)
+            expires_, note_, groups_ = expires, note, groups
+        user = make_user(name, cfg.realm, password, expires_, note_)
+        users[name] = dataclasses.replace(user, groups=groups_)
 
     edit_users(cfg.auth.users_file, change)
     if generated:
@@ -145,6 +159,33 @@ def run_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_groups(cfg: config.Config, groups: list[str]) -> tuple[str, ...]:
+    unknown = sorted(set(groups) - set(cfg.groups))
+    if unknown:
+        declared = ", ".join(sorted(cfg.groups)) or "none"
+        raise BadUserInput(
+            f"unknown group(s) {', '.join(unknown)}: declare them in the config's groups: "
+            f"(declared: {declared})"
+        )
+    return tuple(sorted(set(groups)))
+
+
+def run_groups(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    name = check_username(args.name)
+    groups = check_groups(cfg, args.group)
+
+    def change(users: dict[str, UserSecrets]) -> None:
+        user = users.get(name)
+        if user is None:
+            raise BadUserInput(f"no such user: {name}")
+        users[name] = dataclasses.replace(user, groups=groups)
+
+    edit_users(cfg.auth.users_file, change)
+    print(f"{name}: groups {', '.join(groups) or 'none'}", file=sys.stderr)
+    return 0
+
+
 def run_renew(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     name = check_username(args.name)
@@ -171,6 +212,8 @@ def run_list(args: argparse.Namespace) -> int:
         algorithms = ",".join(a for a in ("MD5", "SHA-256") if a in user.ha1)
         expires = "-" if user.expires is None else format_date(user.expires)
         notes = [user.note] if user.note else []
+        if user.groups:
+            notes.append(f"groups: {', '.join(user.groups)}")
         if user.expires is not None and user.expires <= now:
             notes.append("EXPIRED")
         if user.locked:

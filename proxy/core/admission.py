@@ -18,7 +18,7 @@ import contextlib
 import functools
 import ipaddress
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from proxy.core import authparams
@@ -34,7 +34,7 @@ from proxy.core.basic import BasicCredentials, parse_basic, verify_basic
 from proxy.core.config import Config
 from proxy.core.digest import DigestCredentials, DigestVerifier, parse_credentials, split_scheme
 from proxy.core.errors import AuthFailure, BadDestination, MalformedCredentials
-from proxy.core.policy import Policy, Verdict
+from proxy.core.policy import Policy, Verdict, Who
 from proxy.core.throttle import LoginThrottle, ThrottleLimits
 
 PAC_PATHS = ("/proxy.pac", "/wpad.dat")
@@ -150,6 +150,7 @@ class Admit:
     addresses: tuple[IPAddress, ...]  # every one checked, in the resolver's order
     port: int
     target: str  # for the access log: host:port for CONNECT (a name as written), else the URL
+    who: Who | None = field(default=None, compare=False)  # user and groups, as judged
 
     @property
     def address(self) -> IPAddress:
@@ -335,7 +336,9 @@ class Admission:
         itself = _is_the_proxy(runtime, ask, addresses, port)
         if itself is not None:
             return Refuse(403, itself, "denied", user)
-        decision = runtime.policy.decide(source, addresses, port, user is not None, now)
+        who = who_is(runtime, user)
+        method = ask.method.decode("ascii")
+        decision = runtime.policy.decide(source, addresses, port, who, now, method)
         if decision.verdict is Verdict.DENY:
             return Refuse(403, decision.reason, "denied", user)
         if failure is not None:
@@ -351,7 +354,7 @@ class Admission:
             )
         if decision.verdict is Verdict.AUTH_REQUIRED:
             return Refuse(407, "authentication required", "no_credentials", rule=decision.rule)
-        return Admit(str(source), user, decision.rule, tuple(addresses), port, target)
+        return Admit(str(source), user, decision.rule, tuple(addresses), port, target, who)
 
 
 def _failure_text(runtime: Runtime, ask: Ask, failure: AuthFailure) -> str:
@@ -367,6 +370,14 @@ def _failure_text(runtime: Runtime, ask: Ask, failure: AuthFailure) -> str:
         "Basic is refused on plain text (it sends the password in clear): use Digest, "
         f"or Basic over TLS: give the proxy as https://{format_hostport(host, tls_port)}"
     )
+
+
+def who_is(runtime: Runtime, user: str | None) -> Who | None:
+    """The authenticated user with its groups from the users file, for scoped rules."""
+    if user is None:
+        return None
+    secrets = runtime.verifier.lookup(user)
+    return Who(user, frozenset(secrets.groups) if secrets is not None else frozenset())
 
 
 def header_target(raw: bytes) -> str:

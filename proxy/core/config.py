@@ -10,7 +10,7 @@ import datetime
 import ipaddress
 import re
 from collections.abc import Callable, Mapping, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +22,7 @@ from proxy.core.digest import ALGORITHMS
 from proxy.core.errors import BadDestination, ConfigError
 from proxy.core.policy import AddressSet, AuthMode, Policy, PortRange, Rule, TrustedSource
 from proxy.core.throttle import BucketSpec, ThrottleLimits
+from proxy.core.users import GROUP_RE, USERNAME_RE
 from proxy.core.yamlloc import Located
 from proxy.core.yamlloc import Path as KeyPath
 
@@ -68,7 +69,11 @@ SCHEMA: Schema = {
         "ports": None,
         "auth": None,
         "allow_broad": None,
+        "users": None,
+        "groups": None,
+        "methods": None,
     },
+    "groups": None,
     "trusted_sources": {
         "name": None,
         "cidr": None,
@@ -115,6 +120,7 @@ def _known(*section: str) -> frozenset[str]:
 
 
 TOP_LEVEL_KEYS = _known()
+_METHOD_RE = re.compile(r"^[A-Za-z]{1,20}$")
 _DOMAIN_RE = re.compile(
     r"^\.?([a-zA-Z0-9_]([a-zA-Z0-9_-]{0,61}[a-zA-Z0-9_])?\.)*[a-zA-Z0-9-]{1,63}$"
 )
@@ -215,6 +221,7 @@ class Config:
     access_log: AccessLogConfig = AccessLogConfig(None, "squid")
     tls_listen: tuple[str, int] | None = None  # the TLS listener (`https://host:port`)
     tls: TlsConfig | None = None  # also serves a TLS handshake on the plain port
+    groups: Mapping[str, str] = field(default_factory=dict)  # group name -> its owner
 
 
 def parse_hostport(text: str, *, allow_zero: bool) -> tuple[str, int]:
@@ -463,7 +470,8 @@ class _Builder:
                 pac_domains.append(domain.lower())
         zones = self.zones(top.get("zones"))
         trusted = self.trusted_sources(top.get("trusted_sources"), zones)
-        rules = self.rules(top.get("rules"), zones, trusted)
+        groups = self.groups(top.get("groups"))
+        rules = self.rules(top.get("rules"), zones, trusted, groups)
         if c.errors:
             raise ConfigError(c.errors)
         assert listen and realm and auth and dns_timeout
@@ -488,6 +496,7 @@ class _Builder:
             jump=jump,
             tls_listen=tls_listen,
             tls=tls,
+            groups=groups,
         )
 
     def tls(
@@ -730,7 +739,11 @@ class _Builder:
         return AddressSet(tuple(labels), networks, tuple(timed))
 
     def rules(
-        self, value: Any, zones: dict[str, netaddr.IPSet], trusted: dict[str, TrustedSource]
+        self,
+        value: Any,
+        zones: dict[str, netaddr.IPSet],
+        trusted: dict[str, TrustedSource],
+        known_groups: Mapping[str, str],
     ) -> list[Rule]:
         c, rules, names = self.c, [], set()
         for i, item in enumerate(c.items(value, ("rules",))):
@@ -766,6 +779,13 @@ class _Builder:
                 except ValueError as e:
                     c.error((*path, "ports", j), str(e))
             auth = c.field(r, path, "auth", _auth_mode, AuthMode.REQUIRED)
+            users = self.names(r, path, "users", USERNAME_RE, "user name")
+            groups = self.names(r, path, "groups", GROUP_RE, "group name")
+            for group in sorted(groups - set(known_groups)):
+                c.error((*path, "groups"), f"unknown group {group!r} (declare it in groups:)")
+            if (users or groups) and auth is AuthMode.NONE:
+                c.error((*path, "auth"), "a rule scoped to users or groups needs auth: required")
+            methods = self.methods(r, path)
             rules.append(
                 Rule(
                     name or f"rule{i}",
@@ -773,9 +793,61 @@ class _Builder:
                     destinations,
                     tuple(ports),
                     auth or AuthMode.REQUIRED,
+                    users=frozenset(users),
+                    groups=frozenset(groups),
+                    methods=methods,
                 )
             )
         return rules
+
+    def names(
+        self, r: dict[str, Any], path: KeyPath, key: str, pattern: re.Pattern[str], what: str
+    ) -> set[str]:
+        """The names a rule's `users:` or `groups:` list holds."""
+        path = (*path, key)
+        found: set[str] = set()
+        items = self.c.items(r.get(key), path)
+        if key in r and not items:
+            self.c.error(path, f"must name at least one {what}")
+        for j, item in enumerate(items):
+            if not isinstance(item, str) or not pattern.fullmatch(item):
+                self.c.error((*path, j), f"not a {what}: {item!r}")
+            else:
+                found.add(item)
+        return found
+
+    def methods(self, r: dict[str, Any], path: KeyPath) -> frozenset[str] | None:
+        if "methods" not in r:
+            return None
+        where: KeyPath = (*path, "methods")
+        items = self.c.items(r.get("methods"), where)
+        if not items:
+            self.c.error(where, "must name at least one method")
+        found = set()
+        for j, item in enumerate(items):
+            if not isinstance(item, str) or not _METHOD_RE.fullmatch(item):
+                self.c.error((*where, j), f"not a method such as CONNECT or GET: {item!r}")
+            else:
+                found.add(item.upper())
+        return frozenset(found)
+
+    def groups(self, value: Any) -> dict[str, str]:
+        """`groups:` name -> who answers for it (owner), the groups rules may name."""
+        c = self.c
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            c.error(("groups",), "must map group names to their owner")
+            return {}
+        out = {}
+        for name, owner in value.items():
+            if not isinstance(name, str) or not GROUP_RE.fullmatch(name):
+                c.error(("groups",), f"not a group name ([a-z][a-z0-9_-]*): {name!r}")
+            elif not isinstance(owner, str) or not owner.strip():
+                c.error(("groups", name), "say who answers for the group (a non-empty text)")
+            else:
+                out[name] = owner
+        return out
 
 
 def parse(text: str, source: Path) -> Config:

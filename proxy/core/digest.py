@@ -255,6 +255,7 @@ class UserSecrets:
     expires: float | None = None  # seconds since the epoch; refused from then on
     note: str = ""  # who and why, for the operator
     locked: bool = False  # refused until a new password is set
+    groups: tuple[str, ...] = ()  # what scoped rules (`groups:`) match
 
     def __repr__(self) -> str:
         # An HA1 answers any challenge of its realm, like the password: a log line, a
@@ -262,7 +263,8 @@ class UserSecrets:
         hidden = ", ".join(f"{algorithm!r}: '***'" for algorithm in self.ha1)
         return (
             f"UserSecrets(name={self.name!r}, realm={self.realm!r}, ha1={{{hidden}}}, "
-            f"expires={self.expires!r}, note={self.note!r}, locked={self.locked!r})"
+            f"expires={self.expires!r}, note={self.note!r}, locked={self.locked!r}, "
+            f"groups={self.groups!r})"
         )
 
 

@@ -177,7 +177,7 @@ def permit_open(policy: Policy, ports: Iterable[int], limit: int) -> list[str]:
     """Every `address:port` a jump account may open with -J/-W, for sshd's PermitOpen,
     which takes literal addresses only (no CIDR): so we expand the partner zones."""
     entries: list[str] = []
-    for rule in policy.public_rules():
+    for rule in policy.jump_rules():
         networks = rule.destinations.networks
         if networks is None:
             continue

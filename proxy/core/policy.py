@@ -1,8 +1,10 @@
 """Access policy: named CIDR zones and first-match rules, sans-IO.
 
 `Policy.decide` takes the facts of one request (source address, every address the
-destination resolved to, port, whether the client authenticated) and returns one
-`Decision`. The adapter never decides anything itself.
+destination resolved to, port, method, who authenticated) and returns one `Decision`.
+The adapter never decides anything itself. A rule may be scoped to users and groups
+(`users:`, `groups:`): it then matches only them, and asks anyone else who reaches it
+unauthenticated to authenticate first. A rule may be limited to methods (`methods:`).
 """
 
 from __future__ import annotations
@@ -73,19 +75,49 @@ class AddressSet:
 
 
 @dataclass(frozen=True)
+class Who:
+    """An authenticated user, with the groups the users file gives it."""
+
+    name: str
+    groups: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
 class Rule:
     name: str
     sources: AddressSet
     destinations: AddressSet
     ports: tuple[PortRange, ...]
     auth: AuthMode
+    users: frozenset[str] = frozenset()  # with groups: the rule's scope; both empty: anyone
+    groups: frozenset[str] = frozenset()
+    methods: frozenset[str] | None = None  # None: every method
 
-    def matches(self, source: IPAddress, destination: IPAddress, port: int, now: float) -> bool:
+    @property
+    def scoped(self) -> bool:
+        return bool(self.users or self.groups)
+
+    def in_scope(self, who: Who) -> bool:
+        return not self.scoped or who.name in self.users or bool(self.groups & who.groups)
+
+    def matches(
+        self,
+        source: IPAddress,
+        destination: IPAddress,
+        port: int,
+        now: float,
+        method: str | None = None,
+    ) -> bool:
+        """Source, destination, port and (when given) method; the scope is asked apart."""
         return (
             any(port in r for r in self.ports)
+            and (method is None or self.methods is None or method in self.methods)
             and self.sources.contains(source, now)
             and self.destinations.contains(destination, now)
         )
+
+    def needs_auth(self, who: Who | None) -> bool:
+        return who is None and (self.auth is AuthMode.REQUIRED or self.scoped)
 
 
 @dataclass(frozen=True)
@@ -105,26 +137,44 @@ class Policy:
     rules: tuple[Rule, ...]
 
     def open_to_anyone(self, destination: IPAddress, port: int) -> bool:
-        """Whether a partner from anywhere, authenticated, may reach destination:port.
+        """Whether a partner from anywhere may reach destination:port with a tunnel.
 
-        This is what the PAC, the jump accounts' PermitOpen list and their nc gate serve:
-        rules with `from: [any]`. Rules only ever allow, so any match is the answer.
+        This is what the jump accounts' PermitOpen list and their nc gate serve: rules with
+        `from: [any]`, not scoped to proxy users, that allow CONNECT. Rules only ever
+        allow, so any match is the answer.
         """
         # The source is irrelevant for these rules; trusted sources only widen sources.
-        return any(
-            rule.matches(destination, destination, port, 0.0) for rule in self.public_rules()
-        )
+        return any(rule.matches(destination, destination, port, 0.0) for rule in self.jump_rules())
+
+    def jump_rules(self) -> list[Rule]:
+        """The rules jump accounts are held to: `from: [any]`, not scoped to proxy users
+        (an account is not one), allowing CONNECT (what a port forward is)."""
+        return [
+            rule
+            for rule in self.public_rules()
+            if not rule.scoped and (rule.methods is None or "CONNECT" in rule.methods)
+        ]
 
     def public_rules(self) -> list[Rule]:
-        """The rules a partner from anywhere may use (`from: [any]`)."""
+        """The rules a partner from anywhere may use (`from: [any]`), scoped ones too."""
         return [rule for rule in self.rules if rule.sources.networks is None]
 
     def first_match(
-        self, source: IPAddress, destination: IPAddress, port: int, now: float | None = None
+        self,
+        source: IPAddress,
+        destination: IPAddress,
+        port: int,
+        now: float | None = None,
+        method: str | None = None,
+        who: Who | None = None,
     ) -> Rule | None:
+        """The first rule for this request. A scoped rule that `who` is not in is passed
+        over; for no one (not authenticated) it is the answer: authenticating may allow."""
         when = time.time() if now is None else now
         for rule in self.rules:
-            if rule.matches(source, destination, port, when):
+            if rule.matches(source, destination, port, when, method) and (
+                who is None or rule.in_scope(who)
+            ):
                 return rule
         return None
 
@@ -133,8 +183,9 @@ class Policy:
         source: IPAddress,
         destinations: Sequence[IPAddress],
         port: int,
-        authenticated: bool,
+        who: Who | None,
         now: float | None = None,
+        method: str | None = None,
     ) -> Decision:
         """Every destination address must be allowed; the strictest answer wins.
 
@@ -147,13 +198,13 @@ class Policy:
         needs_auth: Rule | None = None
         first: Rule | None = None
         for destination in destinations:
-            rule = self.first_match(source, destination, port, when)
+            rule = self.first_match(source, destination, port, when, method, who)
             if rule is None:
                 return Decision(
                     Verdict.DENY, None, f"no rule allows {source} to {destination} port {port}"
                 )
             first = first or rule
-            if rule.auth is AuthMode.REQUIRED and not authenticated and needs_auth is None:
+            if rule.needs_auth(who) and needs_auth is None:
                 needs_auth = rule
         if needs_auth is not None:
             return Decision(

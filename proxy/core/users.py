@@ -1,9 +1,10 @@
 """The users file format, sans-IO: parse and format, names and passwords checked.
 
-One line per user, `name:realm:md5-ha1:sha256-ha1[:expires[:note]]`, HA1 =
-H(name:realm:password) in hex, expires an ISO date (the first day the user is refused) and
-the note percent-encoded. A `!` before the MD5 field locks the user (as in /etc/shadow)
-until a new password is set: proxyd locks a user whose password crossed the wire in clear.
+One line per user, `name:realm:md5-ha1:sha256-ha1[:expires[:note[:groups]]]`, HA1 =
+H(name:realm:password) in hex, expires an ISO date (the first day the user is refused),
+the note percent-encoded and groups comma-separated. A `!` before the MD5 field locks the
+user (as in /etc/shadow) until a new password is set: proxyd locks a user whose password
+crossed the wire in clear.
 It is a superset of Apache's htdigest format (`name:realm:md5-ha1`), so an htdigest file
 reads as a users file whose users can do MD5 only. HA1 values are password equivalents for
 that realm: the file is written 0600 and never logged.
@@ -22,7 +23,7 @@ from proxy.core.digest import UserSecrets, ha1
 from proxy.core.errors import ConfigError
 
 HEADER = (
-    "# proxyd users file: name:realm:md5-ha1:sha256-ha1[:expires[:note]]"
+    "# proxyd users file: name:realm:md5-ha1:sha256-ha1[:expires[:note[:groups]]]"
     " (written by `proxyd users`)\n"
 )
 
@@ -36,9 +37,10 @@ def written_by_proxyd(text: str) -> bool:
 # Percent-encode what would break the line format (':' '%', controls) and non-ASCII.
 _NOTE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in ":%")
 MAX_NOTE = 500
-_USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _HEX = {"MD5": re.compile(r"^[0-9a-f]{32}$"), "SHA-256": re.compile(r"^[0-9a-f]{64}$")}
 LOCK_MARK = "!"
+GROUP_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")  # also what config's `groups:` allows
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
 
@@ -48,7 +50,7 @@ class BadUserInput(ValueError):
 
 
 def check_username(name: str) -> str:
-    if not _USERNAME_RE.fullmatch(name):
+    if not USERNAME_RE.fullmatch(name):
         raise BadUserInput(
             f"invalid user name {name!r}: 1-64 of letters, digits and ._@-, "
             "starting with a letter or digit"
@@ -114,8 +116,10 @@ def parse_users(text: str, filename: str) -> dict[str, UserSecrets]:
             continue
         where = f"{filename}:{number}"
         fields = line.rstrip("\r").split(":")
-        if not 3 <= len(fields) <= 6:
-            errors.append(f"{where}: expected name:realm:md5-ha1[:sha256-ha1[:expires[:note]]]")
+        if not 3 <= len(fields) <= 7:
+            errors.append(
+                f"{where}: expected name:realm:md5-ha1[:sha256-ha1[:expires[:note[:groups]]]]"
+            )
             continue
         name, realm, *hashes = fields[:4]
         expires: float | None = None
@@ -125,7 +129,11 @@ def parse_users(text: str, filename: str) -> dict[str, UserSecrets]:
             except BadUserInput as e:
                 errors.append(f"{where}: user {name!r}: expires: {e}")
         note = urllib.parse.unquote(fields[5]) if len(fields) > 5 else ""
-        if not _USERNAME_RE.fullmatch(name):
+        groups = tuple(g for g in fields[6].split(",") if g) if len(fields) > 6 else ()
+        for group in groups:
+            if not GROUP_RE.fullmatch(group):
+                errors.append(f"{where}: user {name!r}: invalid group name {group!r}")
+        if not USERNAME_RE.fullmatch(name):
             errors.append(f"{where}: invalid user name {name!r}")
             continue
         locked = hashes[0].startswith(LOCK_MARK)
@@ -141,7 +149,7 @@ def parse_users(text: str, filename: str) -> dict[str, UserSecrets]:
             errors.append(f"{where}: user {name!r} has no hash")
         if name in users:
             errors.append(f"{where}: user {name!r} listed twice")
-        users[name] = UserSecrets(name, realm, secrets, expires, note, locked)
+        users[name] = UserSecrets(name, realm, secrets, expires, note, locked, groups)
     if errors:
         raise ConfigError(errors)
     return users
@@ -152,10 +160,12 @@ def format_users(users: Iterable[UserSecrets]) -> str:
     for u in sorted(users, key=lambda u: u.name):
         md5 = (LOCK_MARK if u.locked else "") + u.ha1.get("MD5", "")
         fields = [u.name, u.realm, md5, u.ha1.get("SHA-256", "")]
-        if u.expires is not None or u.note:
+        if u.expires is not None or u.note or u.groups:
             fields.append(format_date(u.expires) if u.expires is not None else "")
-        if u.note:
+        if u.note or u.groups:
             fields.append(urllib.parse.quote(u.note, safe=_NOTE_SAFE))
+        if u.groups:
+            fields.append(",".join(u.groups))
         lines.append(":".join(fields) + "\n")
     return "".join(lines)
 

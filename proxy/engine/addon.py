@@ -417,7 +417,7 @@ class ProxydAddon:
             )
             self.recorder.record(record, decision="revoked")
 
-        self.sessions.add(client.id, self.runtime.users.lookup(user), end)
+        self.sessions.add(client.id, self.runtime.verifier.lookup(user), end)
 
 
 def etag_matches(if_none_match: str | None, etag: str) -> bool:

@@ -247,7 +247,7 @@ class TunnelFront:
         """The second lock, independent of the admission core's own logic: the policy
         itself must allow every address about to be dialed."""
         decision = runtime.policy.decide(
-            source_address(ask.peer), admit.addresses, admit.port, admit.user is not None, now
+            source_address(ask.peer), admit.addresses, admit.port, admit.who, now, "CONNECT"
         )
         if decision.verdict is Verdict.ALLOW:
             return True
@@ -337,7 +337,7 @@ class TunnelFront:
                     exchange.revoked = reason
                     started_relay.expire()
 
-                host.sessions.add(key, runtime.users.lookup(admit.user), end)
+                host.sessions.add(key, runtime.verifier.lookup(admit.user), end)
             relay.start()
             error = await relay.done
             if error is not None and not isinstance(error, (ConnectionError, TimeoutError)):

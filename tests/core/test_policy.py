@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from proxy.core import config
-from proxy.core.policy import Decision, Policy, Verdict
+from proxy.core.policy import Decision, Policy, Verdict, Who
 
 CONFIG = """\
 realm: proxyd
@@ -189,7 +189,7 @@ def test_decide(policy: Policy, case: Case) -> None:
         ipaddress.ip_address(case.source),
         [ipaddress.ip_address(d) for d in case.destinations],
         case.port,
-        case.authenticated,
+        Who("alice") if case.authenticated else None,
     )
     assert (decision.verdict, decision.rule) == (case.verdict, case.rule)
     assert decision.allowed is (case.verdict is Verdict.ALLOW)
@@ -207,7 +207,7 @@ def test_decide(policy: Policy, case: Case) -> None:
 )
 def test_reasons_are_one_line(policy: Policy, destinations: tuple[str, ...], reason: str) -> None:
     decision = policy.decide(
-        ipaddress.ip_address(PROD), [ipaddress.ip_address(d) for d in destinations], 80, False
+        ipaddress.ip_address(PROD), [ipaddress.ip_address(d) for d in destinations], 80, None
     )
     assert decision.reason == reason
 
@@ -218,7 +218,7 @@ def test_rule_order_is_the_file_order() -> None:
     swapped = CONFIG.replace("rules:\n", "rules:\n" + early)
     policy = config.parse(swapped, Path("t.yaml")).policy
     decision = policy.decide(
-        ipaddress.ip_address(PARTNER), [ipaddress.ip_address(PREPROD)], 80, False
+        ipaddress.ip_address(PARTNER), [ipaddress.ip_address(PREPROD)], 80, None
     )
     assert decision == Decision(Verdict.ALLOW, "early", "allowed by rule 'early'")
 

@@ -39,10 +39,10 @@ ENTRY = (
 def test_matches_until_expiry_then_stops() -> None:
     policy = parse(ENTRY % ("198.51.100.7/32", "")).policy
     src, dst = ipaddress.ip_address("198.51.100.7"), ipaddress.ip_address("192.0.2.1")
-    assert policy.decide(src, [dst], 443, False, now=EXPIRES - 1).allowed
-    assert not policy.decide(src, [dst], 443, False, now=EXPIRES).allowed
+    assert policy.decide(src, [dst], 443, None, now=EXPIRES - 1).allowed
+    assert not policy.decide(src, [dst], 443, None, now=EXPIRES).allowed
     other = ipaddress.ip_address("198.51.100.8")
-    assert not policy.decide(other, [dst], 443, False, now=EXPIRES - 1).allowed
+    assert not policy.decide(other, [dst], 443, None, now=EXPIRES - 1).allowed
 
 
 def test_date_expiry_means_start_of_that_day_utc() -> None:

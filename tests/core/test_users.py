@@ -98,9 +98,14 @@ GOOD = f"alice:proxyd:{MD5}:{SHA}"
     [
         pytest.param("bob:proxyd", "expected name:realm:md5-ha1[:sha256-ha1", id="two-fields"),
         pytest.param(
-            f"bob:proxyd:{MD5}:{SHA}:2027-01-01:note:x",
+            f"bob:proxyd:{MD5}:{SHA}:2027-01-01:note:x:y",
             "expected name:realm:md5-ha1[:sha256-ha1",
-            id="seven-fields",
+            id="eight-fields",
+        ),
+        pytest.param(
+            f"bob:proxyd:{MD5}:{SHA}:2027-01-01:note:Acme",
+            "user 'bob': invalid group name 'Acme'",
+            id="bad-group",
         ),
         pytest.param(
             f"bob:proxyd:{MD5}:{SHA}:x",
@@ -274,3 +279,12 @@ def test_a_new_password_unlocks() -> None:
 def test_a_lock_mark_alone_is_not_a_hash() -> None:
     with pytest.raises(ConfigError, match="has no hash"):
         parse_users("alice:proxyd:!:\n", "users")
+
+
+def test_groups_round_trip() -> None:
+    import dataclasses
+
+    bob = dataclasses.replace(make_user("bob", "proxyd", "bobsecret1"), groups=("acme", "beta"))
+    text = format_users([bob])
+    assert text.splitlines()[1].endswith("::acme,beta")
+    assert parse_users(text, "users")["bob"].groups == ("acme", "beta")
