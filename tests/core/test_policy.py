@@ -229,3 +229,87 @@ def test_first_match_names_the_rule(policy: Policy) -> None:
     assert (
         policy.first_match(ipaddress.ip_address(PARTNER), ipaddress.ip_address(OUTSIDE), 80) is None
     )
+
+
+# --- scopes (users, groups) and methods ------------------------------------------------
+
+SCOPED = """\
+realm: proxyd
+auth: {users_file: users, nonce_secret_file: secret}
+groups:
+  acme: ACME GmbH, jane@acme.example
+  beta: Beta Ltd
+zones:
+  acme-project: [80.158.0.0/28]
+  preprod: [80.158.0.0/23]
+rules:
+  - {name: acme, from: [any], to: [acme-project], ports: [443], groups: [acme]}
+  - {name: carol, from: [any], to: [preprod], ports: [443], users: [carol]}
+  - {name: tunnels-only, from: [any], to: [preprod], ports: [8443], methods: [connect]}
+  - {name: web-only, from: [any], to: [preprod], ports: [80], methods: [GET, HEAD]}
+"""
+ACME_VM, OTHER_VM = "80.158.0.5", "80.158.1.5"
+
+
+@pytest.fixture(scope="module")
+def scoped() -> Policy:
+    return config.parse(SCOPED, Path("t.yaml")).policy
+
+
+def decide(policy: Policy, to: str, port: int, who: Who | None, method: str = "CONNECT") -> str:
+    d = policy.decide(
+        ipaddress.ip_address(PARTNER), [ipaddress.ip_address(to)], port, who, None, method
+    )
+    return f"{d.verdict.value}:{d.rule}"
+
+
+@pytest.mark.parametrize(
+    ("to", "port", "who", "expected"),
+    [
+        (ACME_VM, 443, Who("alice", frozenset({"acme"})), "allow:acme"),
+        (ACME_VM, 443, Who("bob", frozenset({"beta"})), "deny:None"),  # not in the scope
+        (ACME_VM, 443, None, "auth_required:acme"),  # who it is decides: authenticate
+        (OTHER_VM, 443, Who("alice", frozenset({"acme"})), "deny:None"),
+        (OTHER_VM, 443, Who("carol"), "allow:carol"),
+        (ACME_VM, 443, Who("carol"), "allow:carol"),  # acme's rule passes over, carol's allows
+    ],
+)
+def test_scoped_rules(scoped: Policy, to: str, port: int, who: Who | None, expected: str) -> None:
+    assert decide(scoped, to, port, who) == expected
+
+
+def test_methods(scoped: Policy) -> None:
+    alice = Who("alice")
+    assert decide(scoped, OTHER_VM, 8443, alice, "CONNECT") == "allow:tunnels-only"
+    assert decide(scoped, OTHER_VM, 8443, alice, "GET") == "deny:None"
+    assert decide(scoped, OTHER_VM, 80, alice, "GET") == "allow:web-only"
+    assert decide(scoped, OTHER_VM, 80, alice, "CONNECT") == "deny:None"
+
+
+def test_jump_accounts_get_neither_scoped_nor_plain_http_only_rules(scoped: Policy) -> None:
+    assert [r.name for r in scoped.jump_rules()] == ["tunnels-only"]
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ("groups: [nobody]", "unknown group 'nobody' (declare it in groups:)"),
+        ("groups: [Acme]", "not a group name: 'Acme'"),
+        ("users: [':bad']", "not a user name"),
+        ("users: []", "must name at least one user name"),
+        ("methods: []", "must name at least one method"),
+        ("methods: ['GE T']", "not a method"),
+        ("users: [carol], auth: none", "a rule scoped to users or groups needs auth: required"),
+    ],
+)
+def test_scope_errors(rule: str, message: str) -> None:
+    text = SCOPED.replace("groups: [acme]}", rule + "}", 1)
+    with pytest.raises(config.ConfigError) as error:
+        config.parse(text, Path("t.yaml"))
+    assert any(message in p for p in error.value.problems), error.value.problems
+
+
+def test_group_declarations_need_an_owner() -> None:
+    text = SCOPED.replace("beta: Beta Ltd", "beta: ''")
+    with pytest.raises(config.ConfigError, match="say who answers for the group"):
+        config.parse(text, Path("t.yaml"))
