@@ -7,6 +7,7 @@ import datetime
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import syslog
 import traceback
@@ -98,7 +99,12 @@ def _execute(cfg: config.Config, steps: list[Step], account: Account | None, dry
         for step in steps:
             print(step)
         return
-    AccountExecutor(cfg.jump, gate_command(cfg)).run(steps, account)
+    executor(cfg).run(steps, account)
+
+
+def executor(cfg: config.Config) -> AccountExecutor:
+    """Jump changes go to the one audit log (`audit_log`), unless `jump.audit_log` says."""
+    return AccountExecutor(cfg.jump, gate_command(cfg), cfg.jump.audit_log or cfg.audit_log)
 
 
 def _managed(cfg: config.Config, name: str) -> Account:
@@ -140,7 +146,7 @@ def run_add(args: argparse.Namespace) -> int:
     except (JumpError, OSError) as e:
         # Half an account is worse than none: undo what was done, then report.
         if not args.dry_run:
-            AccountExecutor(cfg.jump, gate_command(cfg)).run(plan_remove(name, "add-failed"), None)
+            executor(cfg).run(plan_remove(name, "add-failed"), None)
         raise JumpError(f"add failed and was rolled back: {e}") from e
     if not args.dry_run:
         print(f"added {name} ({args.profile}, refused from {expires}, key {key.fingerprint})")
@@ -207,10 +213,17 @@ def run_remove(args: argparse.Namespace) -> int:
 def run_sweep(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     steps = plan_sweep(StateStore(cfg.jump.state_dir).all(), _today())
-    _execute(cfg, steps, None, args.dry_run)
-    swept = sorted({s.account for s in steps})
+    swept, failed = [], []
+    for name in dict.fromkeys(s.account for s in steps):  # one account failing stops no other
+        try:
+            _execute(cfg, [s for s in steps if s.account == name], None, args.dry_run)
+        except (JumpError, OSError, subprocess.SubprocessError) as e:
+            print(f"proxyd: sweep: {name}: {e}", file=sys.stderr)
+            failed.append(name)
+        else:
+            swept.append(name)
     print(f"swept {len(swept)} expired account(s){': ' + ', '.join(swept) if swept else ''}")
-    return 0
+    return 1 if failed else 0
 
 
 def run_sshd_config(args: argparse.Namespace) -> int:

@@ -9,12 +9,14 @@ import re
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from passlib.apache import HtdigestFile
 
 from proxy.core import config
+from proxy.core.audit import user_record
 from proxy.core.digest import UserSecrets
 from proxy.core.errors import ConfigError
 from proxy.core.users import (
@@ -28,6 +30,7 @@ from proxy.core.users import (
     make_user,
     parse_date,
 )
+from proxy.effects.audit import AuditLog, operator
 from proxy.effects.files import atomic_write
 from proxy.effects.userfile import edit_users, read_users
 
@@ -131,7 +134,7 @@ def _set_password(args: argparse.Namespace, must_exist: bool) -> int:
         user = make_user(name, cfg.realm, password, expires_, note_)
         users[name] = dataclasses.replace(user, groups=groups_)
 
-    edit_users(cfg.auth.users_file, change)
+    change_users(cfg, change, "passwd" if must_exist else "add", [name])
     if generated:
         print(password)
     print(f"{'password set for' if must_exist else 'added'} {name}", file=sys.stderr)
@@ -154,9 +157,26 @@ def run_remove(args: argparse.Namespace) -> int:
         if users.pop(name, None) is None:
             raise BadUserInput(f"no such user: {name}")
 
-    edit_users(cfg.auth.users_file, change)
+    change_users(cfg, change, "remove", [name])
     print(f"removed {name}", file=sys.stderr)
     return 0
+
+
+def change_users(
+    cfg: config.Config,
+    change: Callable[[dict[str, UserSecrets]], None],
+    action: str,
+    names: list[str],
+) -> None:
+    """Edit the users file, then write one audit line per user changed (no secrets). A
+    change that could not be audited is done, and said so: exit status 1."""
+    users = edit_users(cfg.auth.users_file, change)
+    log = AuditLog(cfg.audit_log)
+    try:
+        for name in names:
+            log.write(user_record(action, name, users.get(name), operator(), time.time()))
+    except OSError as e:
+        raise ConfigError([f"{cfg.audit_log}: the change is made but not audited: {e}"]) from e
 
 
 def check_groups(cfg: config.Config, groups: list[str]) -> tuple[str, ...]:
@@ -181,7 +201,7 @@ def run_groups(args: argparse.Namespace) -> int:
             raise BadUserInput(f"no such user: {name}")
         users[name] = dataclasses.replace(user, groups=groups)
 
-    edit_users(cfg.auth.users_file, change)
+    change_users(cfg, change, "groups", [name])
     print(f"{name}: groups {', '.join(groups) or 'none'}", file=sys.stderr)
     return 0
 
@@ -197,7 +217,7 @@ def run_renew(args: argparse.Namespace) -> int:
             raise BadUserInput(f"no such user: {name}")
         users[name] = dataclasses.replace(user, expires=expires)
 
-    edit_users(cfg.auth.users_file, change)
+    change_users(cfg, change, "renew", [name])
     until = "never expires" if expires is None else f"refused from {args.expires}"
     print(f"renewed {name}: {until}", file=sys.stderr)
     return 0
@@ -270,6 +290,6 @@ def run_import(args: argparse.Namespace) -> int:
             users[user.name] = user
             added.append(user.name)
 
-    edit_users(cfg.auth.users_file, change)
+    change_users(cfg, change, "import", added)
     print(f"imported {len(added)} user(s) (MD5 only until their password is set again)")
     return 0

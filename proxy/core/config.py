@@ -59,6 +59,7 @@ SCHEMA: Schema = {
         "lock_on_plaintext": None,
     },
     "tls_listen": None,
+    "audit_log": None,
     "tls": {"certificate": None, "key": None},
     "dns": {"hosts_file": None, "timeout": None},
     "zones": None,
@@ -120,6 +121,7 @@ def _known(*section: str) -> frozenset[str]:
 
 
 TOP_LEVEL_KEYS = _known()
+DEFAULT_AUDIT_LOG = Path("/var/log/proxyd/audit.log")
 _METHOD_RE = re.compile(r"^[A-Za-z]{1,20}$")
 _DOMAIN_RE = re.compile(
     r"^\.?([a-zA-Z0-9_]([a-zA-Z0-9_-]{0,61}[a-zA-Z0-9_])?\.)*[a-zA-Z0-9-]{1,63}$"
@@ -192,7 +194,7 @@ class JumpConfig:
     # Root-owned, read by sshd (AuthorizedKeysFile): a partner's own home can't hold the
     # key, since the partner could replace anything in it.
     keys_dir: Path = Path("/etc/ssh/proxyd-jump-keys")
-    audit_log: Path = Path("/var/log/proxyd/jump-audit.log")
+    audit_log: Path | None = None  # None: the config's one audit_log
     rsa_min_bits: int = 3072
     ports: tuple[int, ...] = (22,)
     gate: Path | None = None  # the proxyd executable sshd runs; default: this one
@@ -220,6 +222,7 @@ class Config:
     jump: JumpConfig = JumpConfig()
     access_log: AccessLogConfig = AccessLogConfig(None, "squid")
     tls_listen: tuple[str, int] | None = None  # the TLS listener (`https://host:port`)
+    audit_log: Path = DEFAULT_AUDIT_LOG  # every grant change, JSON lines
     tls: TlsConfig | None = None  # also serves a TLS handshake on the plain port
     groups: Mapping[str, str] = field(default_factory=dict)  # group name -> its owner
 
@@ -448,6 +451,7 @@ class _Builder:
             top, (), "tls_listen", lambda v: parse_hostport(_string(v), allow_zero=True)
         )
         tls = self.tls(top.get("tls"), tls_listen, listen)
+        audit_log = c.field(top, (), "audit_log", self.path, DEFAULT_AUDIT_LOG)
         dns = c.mapping(top.get("dns"), ("dns",), _known("dns"))
         hosts_file = c.field(dns, ("dns",), "hosts_file", self.path)
         dns_timeout = c.field(dns, ("dns",), "timeout", _seconds, 5.0)
@@ -497,6 +501,7 @@ class _Builder:
             tls_listen=tls_listen,
             tls=tls,
             groups=groups,
+            audit_log=audit_log or DEFAULT_AUDIT_LOG,
         )
 
     def tls(
@@ -536,7 +541,7 @@ class _Builder:
             home_base=c.field(section, path, "home_base", self.path, d.home_base) or d.home_base,
             state_dir=c.field(section, path, "state_dir", self.path, d.state_dir) or d.state_dir,
             keys_dir=c.field(section, path, "keys_dir", self.path, d.keys_dir) or d.keys_dir,
-            audit_log=c.field(section, path, "audit_log", self.path, d.audit_log) or d.audit_log,
+            audit_log=c.field(section, path, "audit_log", self.path),
             rsa_min_bits=c.field(
                 section, path, "rsa_min_bits", _integer(2048, 16384), d.rsa_min_bits
             )

@@ -8,15 +8,17 @@ import contextlib
 import datetime
 import grp
 import json
-import os
 import pwd
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+from proxy.core.audit import grant_record
 from proxy.core.config import JumpConfig
 from proxy.core.jump import MARKER, Account, JumpError, Step, authorized_keys_line
+from proxy.effects.audit import AuditLog, operator
 from proxy.effects.files import atomic_write
 
 ACCOUNT_SHELL = "/bin/sh"  # sshd runs the forced command through the login shell
@@ -63,12 +65,12 @@ class StateStore:
     def load(self, name: str) -> Account | None:
         try:
             record = json.loads(self.path(name).read_text())
+            record["expires"] = datetime.date.fromisoformat(record["expires"])
+            return Account(**record)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as e:
-            raise JumpError(f"{self.path(name)}: unreadable state: {e}") from e
-        record["expires"] = datetime.date.fromisoformat(record["expires"])
-        return Account(**record)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise JumpError(f"{self.path(name)}: unreadable state: {e!r}") from e
 
     def all(self) -> list[Account]:
         if not self.directory.exists():
@@ -85,38 +87,48 @@ class StateStore:
             self.path(name).unlink()
 
 
-class AuditLog:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def write(self, action: str, account: str, fingerprint: str, expires: str) -> None:
-        operator = os.environ.get("SUDO_USER") or pwd.getpwuid(os.getuid()).pw_name
-        record = {
-            "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "operator": operator,
-            "action": action,
-            "account": account,
-            "fingerprint": fingerprint,
-            "expires": expires,
-        }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-
-
 class AccountExecutor:
     """Runs a plan. `account` carries the data the steps refer to by name."""
 
-    def __init__(self, config: JumpConfig, gate_command: str) -> None:
+    def __init__(self, config: JumpConfig, gate_command: str, audit_log: Path) -> None:
         self.config = config
         self.gate_command = gate_command
         self.state = StateStore(config.state_dir)
-        self.audit_log = AuditLog(config.audit_log)
+        self.audit_log = AuditLog(audit_log)
+
+    ACTIONS = frozenset(
+        {
+            "audit",
+            "create_user",
+            "delete_keys",
+            "delete_state",
+            "delete_user",
+            "ensure_group",
+            "kill_sessions",
+            "lock_account",
+            "lock_password",
+            "set_expiry",
+            "write_keys",
+            "write_state",
+        }
+    )
 
     def run(self, steps: list[Step], account: Account | None) -> None:
+        """Run every step in order. An action outside ACTIONS is a JumpError before any
+        step runs. Without `account` (remove, sweep), the account's state is read first,
+        so the audit line still names its key and expiry once the state is deleted."""
+        # (a plan may hold several accounts' steps: sweep's does, one account after another)
+        unknown = sorted({s.action for s in steps} - self.ACTIONS)
+        if unknown:
+            raise JumpError(f"a plan holds unknown step(s): {', '.join(unknown)}")
+        known: dict[str, Account | None] = {}
+        if account is None:
+            for name in dict.fromkeys(step.account for step in steps):
+                with contextlib.suppress(JumpError):  # a broken state file: removed anyway
+                    known[name] = self.state.load(name)
         for step in steps:
-            getattr(self, step.action)(step, account)
+            action: Callable[[Step, Account | None], None] = getattr(self, step.action)
+            action(step, account or known.get(step.account))
 
     # one method per step action -----------------------------------------------------------
 
@@ -195,9 +207,14 @@ class AccountExecutor:
 
     def audit(self, step: Step, account: Account | None) -> None:
         known = account or self.state.load(step.account)
-        self.audit_log.write(
+        record = grant_record(
+            "jump",
             step.detail,
             step.account,
-            known.fingerprint if known else "",
-            known.expires.isoformat() if known else "",
+            operator(),
+            time.time(),
+            fingerprint=known.fingerprint if known else None,
+            expires=known.expires.isoformat() if known else None,
+            reason=known.note if known else None,
         )
+        self.audit_log.write(record)

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from proxy.core import answers
 from proxy.core.accesslog import CLIENT_GONE
 from proxy.core.admission import Admission, Admit, Ask, Refuse, read_offer, source_address
+from proxy.core.audit import grant_record
 from proxy.core.basic import BasicCredentials, password_matches
 from proxy.core.connecthead import BadHead, Head, head_end, is_connect, parse_head
 from proxy.core.connlimit import SourceCounts
@@ -40,6 +41,7 @@ from proxy.core.headerlimit import too_large_answer
 from proxy.core.policy import Verdict
 from proxy.core.records import Exchange, listener_of, refusal_record, unjudged_record
 from proxy.core.upstream import explain
+from proxy.effects.audit import AuditLog
 from proxy.effects.userfile import lock_user
 from proxy.front import splice
 from proxy.front.clients import Client, PlainClient, Relay, TlsClient
@@ -491,6 +493,18 @@ class TunnelFront:
             log.error("could not lock user %s (password sent in clear): %s", user.name, e)
             return
         if locked:
+            record = grant_record(
+                "user",
+                "lock",
+                user.name,
+                "proxyd",
+                time.time(),
+                reason=f"password sent in clear to the TLS port from {peer[0]}",
+            )
+            try:
+                AuditLog(runtime.config.audit_log).write(record)
+            except OSError as e:
+                log.error("could not audit the lock of %s: %s", user.name, e)
             log.warning(
                 "locked user %s: its password was sent in clear to the TLS port from %s; "
                 "`proxyd users passwd %s` sets a new one and unlocks it",

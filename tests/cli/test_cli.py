@@ -45,6 +45,7 @@ rules:
     to: [prod, preprod]
     ports: [22, 80, 443, 8443]
     auth: required
+audit_log: audit.log
 """
 
 HOSTS = """\
@@ -210,7 +211,7 @@ def test_check_config_reports_a_bad_hosts_file(site: Site) -> None:
     [
         pytest.param(None, "cannot read", id="missing"),
         pytest.param("rules: [\n", "YAML syntax error", id="yaml-syntax"),
-        pytest.param(CONFIG + "realm: again\n", ":22: realm: duplicate key", id="duplicate-key"),
+        pytest.param(CONFIG + "realm: again\n", ":23: realm: duplicate key", id="duplicate-key"),
         pytest.param(
             "listen: &a [*a]\n",
             "proxyd.yaml",
@@ -713,3 +714,68 @@ def test_concurrent_adds_all_land(site: Site) -> None:
     stored = site.stored()
     assert sorted(stored) == names
     assert all(stored[n]["MD5"] == md5_ha1(n, f"password-{n}") for n in names)
+
+
+# --- the audit log (issue 17) ---------------------------------------------------------
+
+
+def test_every_user_change_is_one_audit_line_without_secrets(site: Site) -> None:
+    import json
+
+    site.config.write_text(
+        site.config.read_text().replace("zones:", "groups:\n  acme: ACME GmbH\nzones:", 1)
+    )
+    password = "first-password-1"
+    assert (
+        site.users(
+            "add",
+            "alice",
+            "--password-stdin",
+            "--expires",
+            "2099-01-01",
+            "--note",
+            "ACME, t42",
+            "--group",
+            "acme",
+            stdin=password + "\n",
+        ).returncode
+        == 0
+    )
+    assert (
+        site.users("passwd", "alice", "--password-stdin", stdin="second-password\n").returncode == 0
+    )
+    assert site.users("renew", "alice", "--expires", "2099-02-01").returncode == 0
+    assert site.users("groups", "alice").returncode == 0
+    assert site.users("list").returncode == 0  # not a change: no line
+    assert site.users("remove", "alice").returncode == 0
+    log = site.root / "audit.log"
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["action"] for r in records] == ["add", "passwd", "renew", "groups", "remove"]
+    assert all(r["kind"] == "user" and r["name"] == "alice" and r["operator"] for r in records)
+    assert records[0]["expires"] == "2099-01-01" and records[0]["groups"] == "acme"
+    assert records[0]["reason"] == "ACME, t42"
+    assert records[2]["expires"] == "2099-02-01" and "groups" not in records[3]
+    text = log.read_text()
+    stored = site.users_file.read_text()
+    assert password not in text and "second-password" not in text
+    assert not any(
+        field in text for field in stored.replace("\n", ":").split(":") if len(field) >= 32
+    )
+    assert oct(log.stat().st_mode & 0o777) == "0o600"
+
+
+def test_an_unwritable_audit_log_is_said_and_exits_1(site: Site) -> None:
+    site.config.write_text(
+        site.config.read_text().replace("audit_log: audit.log", "audit_log: /proc/nope/audit.log")
+    )
+    result = site.users("add", "alice", "--password-stdin", stdin="a-good-password\n")
+    assert result.returncode == 1
+    assert "the change is made but not audited" in result.stderr
+    assert "alice:" in site.users_file.read_text()
+
+
+def test_unknown_groups_are_refused_by_users_add(site: Site) -> None:
+    result = site.users(
+        "add", "alice", "--password-stdin", "--group", "nope", stdin="a-good-password\n"
+    )
+    assert result.returncode == 1 and "unknown group(s) nope" in result.stderr

@@ -598,6 +598,7 @@ def write_proxyd_config(
         # Open tunnels hold a SIGTERM this long (default 30 s): keep teardown quick.
         "drain_timeout": 2,
         "realm": REALM,
+        "audit_log": "audit.log",
         "auth": {
             "users_file": "users.digest",
             "nonce_secret_file": "nonce.secret",

@@ -493,8 +493,12 @@ def test_sweep_removes_expired_accounts_and_ends_their_sessions(jump: JumpHost) 
     assert live_processes(uid) == []
     assert user_exists(staying) and _can_log_in(jump, staying, other)
     assert not _can_log_in(jump, expiring, key)
-    actions = [(r["action"], r["account"]) for r in jump.audit()]
+    actions = [(r["action"], r["name"]) for r in jump.audit()]
     assert ("sweep", expiring) in actions and ("sweep", staying) not in actions
+    # The sweep's line names the key and the expiry, though the state is gone by then.
+    (swept,) = [r for r in jump.audit() if r["action"] == "sweep"]
+    assert swept["kind"] == "jump" and swept["fingerprint"].startswith("SHA256:")
+    assert swept["expires"]
 
 
 def test_sweep_dry_run_changes_nothing(jump: JumpHost) -> None:
@@ -522,7 +526,7 @@ def test_audit_log_one_json_line_per_change(jump: JumpHost) -> None:
     fp = fingerprint(Path(f"{key}.pub"))
     operator = os.environ.get("SUDO_USER") or pwd.getpwuid(os.getuid()).pw_name
     for record, expires in zip(records, [IN_30, later, later], strict=True):
-        assert record["account"] == name
+        assert record["name"] == name and record["kind"] == "jump"
         assert record["operator"] == operator
         assert record["fingerprint"] == fp
         assert record["expires"] == expires.isoformat()
