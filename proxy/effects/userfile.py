@@ -167,5 +167,9 @@ class UserFile:
         self.maybe_reload()
         return self._users.get(name)
 
+    def all(self) -> list[UserSecrets]:
+        self.maybe_reload()
+        return list(self._users.values())
+
     def __len__(self) -> int:
         return len(self._users)

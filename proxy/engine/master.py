@@ -229,7 +229,7 @@ def build_master(
     master = Master(opts)
     metrics = Metrics()
     if role is None:  # a worker's supervisor has these
-        register_process_metrics(metrics.registry, lambda: len(addon.runtime.users))
+        register_process_metrics(metrics.registry, lambda: addon.runtime.users.all())
     access_log = LogFile(cfg.access_log.path)
     tunnels: dict[str, Exchange] = {}
     server = Proxyserver()

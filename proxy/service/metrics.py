@@ -6,21 +6,59 @@ user names, hosts or rule text an operator could grow without bound.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Collection, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from proxy import __version__
+from proxy.core.digest import UserSecrets
+from proxy.core.grants import STATES, state_of
 
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
-def register_process_metrics(registry: CollectorRegistry, users: Callable[[], int]) -> None:
-    """The users gauge and the build info: one per serving process, read at scrape time.
-    Under `serve --workers N` the supervisor registers them (they can't be summed over the
-    workers, whose other metrics go to prometheus-client's multiprocess files)."""
+class GrantCollector(Collector):
+    """Each proxy user's expiry and the users by state, read from the users file at scrape
+    time. The `name` label is the one place a user name is a label: the operator's list
+    of grants bounds it, as it bounds the users file."""
+
+    def __init__(self, users: Callable[[], Collection[UserSecrets]]) -> None:
+        self.users = users
+
+    def collect(self) -> Iterable[Metric]:
+        now = time.time()
+        expiry = GaugeMetricFamily(
+            "proxyd_grant_expiry_timestamp_seconds",
+            "When each grant expires (seconds since the epoch); grants without expiry absent",
+            labels=["kind", "name"],
+        )
+        counts = dict.fromkeys(STATES, 0)
+        for user in self.users():
+            counts[state_of(user.expires, user.locked, now)] += 1
+            if user.expires is not None:
+                expiry.add_metric(["user", user.name], user.expires)
+        by_state = GaugeMetricFamily(
+            "proxyd_grants", "Grants by kind and state", labels=["kind", "state"]
+        )
+        for state, count in counts.items():
+            by_state.add_metric(["user", state], count)
+        yield expiry
+        yield by_state
+
+
+def register_process_metrics(
+    registry: CollectorRegistry, users: Callable[[], Collection[UserSecrets]]
+) -> None:
+    """The users gauge, the grants and the build info: one per serving process, read at
+    scrape time. Under `serve --workers N` the supervisor registers them (they can't be
+    summed over the workers, whose other metrics go to prometheus-client's multiprocess
+    files)."""
     gauge = Gauge("proxyd_users", "Users configured (usable in the realm)", registry=registry)
-    gauge.set_function(lambda: float(users()))
+    gauge.set_function(lambda: float(len(users())))
+    registry.register(GrantCollector(users))
     Info("proxyd_build", "proxyd build information", registry=registry).info(
         {"version": __version__}
     )

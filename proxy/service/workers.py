@@ -24,7 +24,7 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from proxy.core import config as config_mod
 from proxy.core.addresses import format_hostport
 from proxy.core.config import Config
+from proxy.core.digest import UserSecrets
 from proxy.core.errors import ConfigError
 from proxy.effects.files import atomic_write
 from proxy.service.admin import AdminServer
@@ -87,7 +88,7 @@ class SupervisorMetrics:
     """The admin listener's registry: the workers' metrics summed from their multiprocess
     files, plus what only the supervisor knows."""
 
-    def __init__(self, directory: Path, users: Callable[[], int]) -> None:
+    def __init__(self, directory: Path, users: Callable[[], Collection[UserSecrets]]) -> None:
         self.registry = CollectorRegistry()
         MultiProcessCollector(self.registry, path=str(directory))
         register_process_metrics(self.registry, users)
@@ -112,7 +113,7 @@ class Supervisor:
             raise ConfigError(
                 [f"--workers needs a writable temporary folder (TMPDIR) for metrics: {e}"]
             ) from e
-        self.metrics = SupervisorMetrics(self.metrics_dir, lambda: len(self.runtime.users))
+        self.metrics = SupervisorMetrics(self.metrics_dir, lambda: self.runtime.users.all())
         self.admin = AdminServer(self.metrics.registry, ready=self.all_ready)
         self.stopping = False
         self.stopped = asyncio.Event()
