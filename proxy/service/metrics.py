@@ -1,7 +1,8 @@
 """Prometheus metrics on a registry proxyd owns (the global one rejects a second build).
 
 Labels are bounded: kind, decision, reason and result come from fixed sets, never from
-user names, hosts or rule text an operator could grow without bound.
+hosts or rule text. The one exception is a grant's `name` (GrantCollector): one series
+per user with an expiry, which the operator's own list of grants bounds.
 """
 
 from __future__ import annotations
