@@ -38,6 +38,7 @@ from harness import (
 
 from proxy.core import config as proxyd_config
 from proxy.core.addresses import canonical_ip
+from proxy.core.policy import Who
 
 PAC_TYPE = "application/x-ns-proxy-autoconfig"
 PAC_PATHS = ("/proxy.pac", "/wpad.dat")
@@ -583,7 +584,7 @@ def test_pac_choice_equals_the_policy_for_a_partner_browser(
             host = url_host = text
         default = 443 if scheme == "https" else 80
         url = f"{scheme}://{url_host}/" if port == default else f"{scheme}://{url_host}:{port}/"
-        expected = policy.decide(OUTSIDE_SOURCE, [address], port, authenticated=True).allowed
+        expected = policy.decide(OUTSIDE_SOURCE, [address], port, Who("partner")).allowed
         answer = pac.find(url, host)
         assert answer == (f"PROXY {PUBLIC}" if expected else "DIRECT"), (url, host, answer)
         checked[address.version] += 1

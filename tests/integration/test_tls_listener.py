@@ -439,19 +439,44 @@ def test_a_bad_certificate_stops_the_start_with_a_clear_error(
 def test_a_tls_tunnel_carries_megabytes_both_ways_intact(
     proxyd_factory: Any, ca: ProxyCA, origins: Origins
 ) -> None:
-    """The user-space relay's flow control: 16 MiB echoed while it is still being sent."""
+    """The user-space relay's flow control: 16 MiB echoed while it is still being sent.
+    The client is asyncio's (one SSL object must not be driven from two threads)."""
+    import asyncio
+    import base64
     import hashlib
-    import threading
+    import ssl
 
     proxy, tls_port = start_tls_proxyd(proxyd_factory, ca)
-    tunnel = _open_tunnel(tls_port, ca, origins)
     payload = os.urandom(16 * 1024 * 1024)
-    sender = threading.Thread(target=tunnel.sendall, args=(payload,), daemon=True)
-    sender.start()
-    echoed = _read_exactly(tunnel, len(payload))
-    sender.join(IO_TIMEOUT)
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    host, port = origins.speak_first
+
+    async def echo() -> bytes:
+        context = ssl.create_default_context(cafile=str(ca.pem))
+        reader, writer = await asyncio.open_connection(
+            PROXY_HOST, tls_port, ssl=context, server_hostname=PROXY_HOST
+        )
+        writer.write(
+            f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Proxy-Authorization: Basic {token}\r\n\r\n".encode()
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert (await reader.readexactly(len(b"SSH-2.0-proxyd-test\r\n"))).startswith(b"SSH")
+
+        async def send() -> None:
+            for i in range(0, len(payload), 65536):
+                writer.write(payload[i : i + 65536])
+                await writer.drain()
+
+        sending = asyncio.create_task(send())
+        echoed = await reader.readexactly(len(payload))
+        await sending
+        writer.close()
+        return echoed
+
+    echoed = asyncio.run(asyncio.wait_for(echo(), 60))
     assert hashlib.sha256(echoed).digest() == hashlib.sha256(payload).digest()
-    tunnel.close()
     line = wait_lines(proxy, " CONNECT ")[-1]
     assert f"up={len(payload)}" in line and " auth=ok " in line
 
