@@ -305,7 +305,7 @@ def make_users(directory: Path) -> tuple[Path, Path]:
     _write_proxyd_config(config, directory / "users.digest", PROXY_HOST, 0, [1], auth=True)
     cli = [str(PROXYD), "users", "--config", str(config)]
     subprocess.run(
-        [*cli, "add", digest.USER, "--password-stdin"],
+        [*cli, "add", digest.USER, "--password-stdin", "--no-expiry", "--note", "bench account"],
         input=f"{digest.PASSWORD}\n",
         text=True,
         check=True,

@@ -19,6 +19,7 @@ from proxy.core import config
 from proxy.core.audit import user_record
 from proxy.core.digest import UserSecrets
 from proxy.core.errors import ConfigError
+from proxy.core.grants import checked_expiry
 from proxy.core.users import (
     MAX_PASSWORD,
     BadUserInput,
@@ -52,8 +53,7 @@ def add_parser(sub: Any) -> None:
         source.add_argument("--password-stdin", action="store_true", help="read it from stdin")
         source.add_argument("--generate", action="store_true", help="generate and print one")
         if action == "add":
-            q.add_argument("--expires", metavar="DATE", help="first day refused (YYYY-MM-DD)")
-            q.add_argument("--note", default="", help="who and why (partner, project, ticket)")
+            add_lifetime_arguments(q)
             q.add_argument(
                 "--group",
                 action="append",
@@ -66,6 +66,7 @@ def add_parser(sub: Any) -> None:
     q = users.add_parser("renew", help="set a user's expiry date")
     q.add_argument("name")
     q.add_argument("--expires", metavar="DATE", required=True, help="YYYY-MM-DD, or 'never'")
+    q.add_argument("--note", help="the reason (needed with 'never'); default: keep it")
     q.set_defaults(func=run_renew)
 
     q = users.add_parser("groups", help="set the groups a user is in (none: no group)")
@@ -88,7 +89,27 @@ def add_parser(sub: Any) -> None:
     q = users.add_parser("import", help="import an Apache htdigest file")
     q.add_argument("file", type=Path)
     q.add_argument("--replace", action="store_true", help="overwrite users that exist")
+    add_lifetime_arguments(q)
     q.set_defaults(func=run_import)
+
+
+def add_lifetime_arguments(q: argparse.ArgumentParser) -> None:
+    """Every grant is for a time (within grants.max_lifetime) or says why not."""
+    lifetime = q.add_mutually_exclusive_group(required=True)
+    lifetime.add_argument("--expires", metavar="DATE", help="first day refused (YYYY-MM-DD)")
+    lifetime.add_argument(
+        "--no-expiry", action="store_true", help="no expiry date (needs --note: the reason)"
+    )
+    q.add_argument("--note", default="", help="who and why (partner, project, ticket)")
+
+
+def lifetime(cfg: config.Config, expires: str | None, note: str) -> float | None:
+    """The expiry of a grant, checked against grants.max_lifetime (None: no expiry)."""
+    moment = parse_date(expires) if expires is not None and expires != "never" else None
+    try:
+        return checked_expiry(moment, note, time.time(), cfg.max_lifetime_days)
+    except ValueError as e:
+        raise BadUserInput(str(e)) from None
 
 
 def read_password(args: argparse.Namespace) -> tuple[str, bool]:
@@ -117,8 +138,8 @@ def _set_password(args: argparse.Namespace, must_exist: bool) -> int:
         if not must_exist and name in users:
             raise BadUserInput(f"user exists: {name} (use `users passwd`)")
 
-    expires = parse_date(args.expires) if getattr(args, "expires", None) else None
     note = check_note(getattr(args, "note", ""))
+    expires = lifetime(cfg, args.expires, note) if not must_exist else None
     groups = check_groups(cfg, getattr(args, "group", []))
     # Check before asking for a password, then again under the lock.
     precheck(read_users(cfg.auth.users_file))
@@ -209,13 +230,16 @@ def run_groups(args: argparse.Namespace) -> int:
 def run_renew(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     name = check_username(args.name)
-    expires = None if args.expires == "never" else parse_date(args.expires)
+    note = check_note(args.note) if args.note is not None else None
+    current = read_users(cfg.auth.users_file).get(name)
+    reason = note if note is not None else (current.note if current is not None else "")
+    expires = lifetime(cfg, args.expires, reason)
 
     def change(users: dict[str, UserSecrets]) -> None:
         user = users.get(name)
         if user is None:
             raise BadUserInput(f"no such user: {name}")
-        users[name] = dataclasses.replace(user, expires=expires)
+        users[name] = dataclasses.replace(user, expires=expires, note=reason)
 
     change_users(cfg, change, "renew", [name])
     until = "never expires" if expires is None else f"refused from {args.expires}"
@@ -263,6 +287,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_import(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
+    note = check_note(args.note)
+    expires = lifetime(cfg, args.expires, note)
     try:
         htdigest = HtdigestFile(str(args.file), default_realm=cfg.realm)
     except (OSError, ValueError, UnicodeDecodeError) as e:
@@ -279,7 +305,7 @@ def run_import(args: argparse.Namespace) -> int:
             text = ha1.decode("ascii", "replace") if isinstance(ha1, bytes) else str(ha1)
             if not re.fullmatch(r"[0-9a-fA-F]{32}", text):
                 raise ConfigError([f"{args.file}: user {name!r}: malformed MD5 hash"])
-            imported.append(UserSecrets(name, realm, {"MD5": text.lower()}))
+            imported.append(UserSecrets(name, realm, {"MD5": text.lower()}, expires, note))
     added: list[str] = []
 
     def change(users: dict[str, UserSecrets]) -> None:

@@ -60,6 +60,7 @@ SCHEMA: Schema = {
     },
     "tls_listen": None,
     "audit_log": None,
+    "grants": {"max_lifetime": None},
     "tls": {"certificate": None, "key": None},
     "dns": {"hosts_file": None, "timeout": None},
     "zones": None,
@@ -223,6 +224,7 @@ class Config:
     access_log: AccessLogConfig = AccessLogConfig(None, "squid")
     tls_listen: tuple[str, int] | None = None  # the TLS listener (`https://host:port`)
     audit_log: Path = DEFAULT_AUDIT_LOG  # every grant change, JSON lines
+    max_lifetime_days: int = 90  # grants.max_lifetime: the longest a grant may run
     tls: TlsConfig | None = None  # also serves a TLS handshake on the plain port
     groups: Mapping[str, str] = field(default_factory=dict)  # group name -> its owner
 
@@ -452,6 +454,8 @@ class _Builder:
         )
         tls = self.tls(top.get("tls"), tls_listen, listen)
         audit_log = c.field(top, (), "audit_log", self.path, DEFAULT_AUDIT_LOG)
+        grants = c.mapping(top.get("grants"), ("grants",), _known("grants"))
+        max_lifetime = c.field(grants, ("grants",), "max_lifetime", _integer(1, 3650), 90)
         dns = c.mapping(top.get("dns"), ("dns",), _known("dns"))
         hosts_file = c.field(dns, ("dns",), "hosts_file", self.path)
         dns_timeout = c.field(dns, ("dns",), "timeout", _seconds, 5.0)
@@ -502,6 +506,7 @@ class _Builder:
             tls=tls,
             groups=groups,
             audit_log=audit_log or DEFAULT_AUDIT_LOG,
+            max_lifetime_days=max_lifetime or 90,
         )
 
     def tls(

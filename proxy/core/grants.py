@@ -16,3 +16,24 @@ def state_of(
     if expires is not None and expires - now <= within:
         return "expiring"
     return "active"
+
+
+DAY = 86400.0
+
+
+def checked_expiry(expires: float | None, reason: str, now: float, max_days: int) -> float | None:
+    """The expiry a new or renewed grant may have under `grants.max_lifetime`; ValueError
+    saying why not. `expires` None is a grant without expiry: it needs a reason."""
+    if expires is None:
+        if not reason.strip():
+            raise ValueError("a grant without expiry (--no-expiry, never) needs a reason (--note)")
+        return None
+    if expires <= now:
+        raise ValueError("the expiry date has passed already")
+    # A date is the first day refused: a grant may run through the day max_days from now.
+    if expires > now + (max_days + 1) * DAY:
+        raise ValueError(
+            f"the expiry is more than grants.max_lifetime ({max_days} days) away: "
+            "grant for less time, renew later"
+        )
+    return expires

@@ -129,7 +129,7 @@ class Lifecycle:
         if self.first_run_hint and len(self.addon.runtime.users) == 0:
             log.info(
                 "proxyd: no users yet. Add the first one with:\n"
-                "    .venv/bin/proxyd users --config %s add NAME --generate",
+                "    .venv/bin/proxyd users --config %s add NAME --generate --expires YYYY-MM-DD",
                 self.config_path,
             )
 

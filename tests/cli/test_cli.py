@@ -6,6 +6,7 @@ Every run is checked for tracebacks: expected errors exit 1 with one clear line.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 import os
 import pty
@@ -57,6 +58,10 @@ HOSTS = """\
 """
 
 
+IN_30 = (datetime.date.today() + datetime.timedelta(days=30)).isoformat()
+IN_60 = (datetime.date.today() + datetime.timedelta(days=60)).isoformat()
+
+
 def md5_ha1(name: str, password: str, realm: str = "proxyd") -> str:
     return hashlib.md5(f"{name}:{realm}:{password}".encode()).hexdigest()
 
@@ -92,6 +97,10 @@ class Site:
         return result
 
     def users(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        """`proxyd users ARGS`; an `add` or `import` that gives no lifetime gets 30 days
+        (every grant needs one; the lifetime tests give theirs)."""
+        if args and args[0] in ("add", "import") and not {"--expires", "--no-expiry"} & set(args):
+            args = (args[0], "--expires", IN_30, *args[1:])
         return self.run("users", "--config", str(self.config), *args, stdin=stdin)
 
     def explain(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -533,7 +542,7 @@ def test_list(site: Site) -> None:
     assert result.returncode == 0
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["NAME", "ALGORITHMS", "EXPIRES", "NOTE"]
-    assert lines[1].split() == ["alice", "MD5,SHA-256", "-"]
+    assert lines[1].split() == ["alice", "MD5,SHA-256", IN_30]
     assert lines[2].split(None, 3) == [
         "bob",
         "MD5",
@@ -700,7 +709,10 @@ def test_concurrent_adds_all_land(site: Site) -> None:
     names = [f"user{i:02d}" for i in range(20)]
     procs = [
         subprocess.Popen(
-            [str(PROXYD), "users", "--config", str(site.config), "add", n, "--password-stdin"],
+            [
+                *(str(PROXYD), "users", "--config", str(site.config), "add", n),
+                *("--password-stdin", "--expires", IN_30),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -732,7 +744,7 @@ def test_every_user_change_is_one_audit_line_without_secrets(site: Site) -> None
             "alice",
             "--password-stdin",
             "--expires",
-            "2099-01-01",
+            IN_30,
             "--note",
             "ACME, t42",
             "--group",
@@ -744,7 +756,7 @@ def test_every_user_change_is_one_audit_line_without_secrets(site: Site) -> None
     assert (
         site.users("passwd", "alice", "--password-stdin", stdin="second-password\n").returncode == 0
     )
-    assert site.users("renew", "alice", "--expires", "2099-02-01").returncode == 0
+    assert site.users("renew", "alice", "--expires", IN_60).returncode == 0
     assert site.users("groups", "alice").returncode == 0
     assert site.users("list").returncode == 0  # not a change: no line
     assert site.users("remove", "alice").returncode == 0
@@ -752,9 +764,9 @@ def test_every_user_change_is_one_audit_line_without_secrets(site: Site) -> None
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert [r["action"] for r in records] == ["add", "passwd", "renew", "groups", "remove"]
     assert all(r["kind"] == "user" and r["name"] == "alice" and r["operator"] for r in records)
-    assert records[0]["expires"] == "2099-01-01" and records[0]["groups"] == "acme"
+    assert records[0]["expires"] == IN_30 and records[0]["groups"] == "acme"
     assert records[0]["reason"] == "ACME, t42"
-    assert records[2]["expires"] == "2099-02-01" and "groups" not in records[3]
+    assert records[2]["expires"] == IN_60 and "groups" not in records[3]
     text = log.read_text()
     stored = site.users_file.read_text()
     assert password not in text and "second-password" not in text
@@ -779,3 +791,56 @@ def test_unknown_groups_are_refused_by_users_add(site: Site) -> None:
         "add", "alice", "--password-stdin", "--group", "nope", stdin="a-good-password\n"
     )
     assert result.returncode == 1 and "unknown group(s) nope" in result.stderr
+
+
+# --- lifetimes (issue 17) --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--expires", "2099-01-01"], "more than grants.max_lifetime (90 days) away"),
+        (["--expires", "2020-01-01"], "has passed already"),
+        (["--no-expiry"], "needs a reason (--note)"),
+        ([], "one of the arguments --expires --no-expiry is required"),
+    ],
+)
+def test_every_grant_has_a_lifetime(site: Site, args: list[str], message: str) -> None:
+    before = site.listing()
+    result = site.run(
+        "users",
+        "--config",
+        str(site.config),
+        "add",
+        "alice",
+        "--password-stdin",
+        *args,
+        stdin="a-good-password\n",
+    )
+    assert result.returncode in (1, 2) and message in result.stderr, result.stderr
+    assert site.listing() == before
+
+
+def test_a_grant_without_expiry_needs_a_reason_and_is_audited_as_never(site: Site) -> None:
+    import json
+
+    result = site.users(
+        "add",
+        "svc",
+        "--password-stdin",
+        "--no-expiry",
+        "--note",
+        "monitoring, ticket 7",
+        stdin="a-good-password\n",
+    )
+    assert result.returncode == 0, result.stderr
+    (record,) = [json.loads(line) for line in (site.root / "audit.log").read_text().splitlines()]
+    assert record["expires"] == "never" and record["reason"] == "monitoring, ticket 7"
+    assert site.users("renew", "svc", "--expires", "2099-01-01").returncode == 1
+    assert site.users("renew", "svc", "--expires", IN_60).returncode == 0
+
+
+def test_max_lifetime_is_configurable(site: Site) -> None:
+    site.config.write_text(site.config.read_text() + "grants: {max_lifetime: 7}\n")
+    result = site.users("add", "alice", "--password-stdin", stdin="a-good-password\n")
+    assert result.returncode == 1 and "(7 days)" in result.stderr

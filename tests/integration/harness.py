@@ -20,6 +20,7 @@ Origins (started once per session by the `origins` fixture, see conftest.py):
 from __future__ import annotations
 
 import contextlib
+import datetime
 import importlib
 import json
 import os
@@ -54,6 +55,8 @@ BANNER = b"SSH-2.0-proxyd-test\r\n"
 GIT_FILE = "README.txt"
 GIT_FILE_CONTENT = "hello through proxyd\n"
 DEFAULT_USERS: Mapping[str, str] = {"alice": "wonderland"}
+# What tests' grants run to: within grants.max_lifetime (90 days by default).
+GRANT_EXPIRES = (datetime.date.today() + datetime.timedelta(days=30)).isoformat()
 
 # Variables this machine exports that override a client's own CA option.
 CA_OVERRIDE_VARS = (
@@ -636,7 +639,10 @@ def write_proxyd_config(
 
 def add_user(config_path: Path, name: str, password: str, env: Mapping[str, str]) -> None:
     proc = subprocess.run(
-        [str(proxyd_bin()), "users", "--config", str(config_path), "add", name, "--password-stdin"],
+        [
+            *(str(proxyd_bin()), "users", "--config", str(config_path), "add", name),
+            *("--password-stdin", "--expires", GRANT_EXPIRES),
+        ],
         input=f"{password}\n",
         text=True,
         capture_output=True,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from harness import (
+    GRANT_EXPIRES,
     Origins,
     ProxydHandle,
     clean_env,
@@ -19,6 +20,20 @@ from harness import (
 pytestmark = pytest.mark.timeout(120)
 
 SQUID_DIGEST_HELPER = "/usr/lib/squid/digest_file_auth"
+
+
+def expire_in_file(proxyd: ProxydHandle, name: str) -> None:
+    """A user whose expiry has passed, as time makes one (`users add` refuses a past date)."""
+    users_file = proxyd.config_path.parent / "users.digest"
+    lines = users_file.read_text().splitlines(keepends=True)
+    out = []
+    for line in lines:
+        if line.startswith(f"{name}:"):
+            fields = line.rstrip("\n").split(":")
+            fields[4] = "2020-01-01"
+            line = ":".join(fields) + "\n"
+        out.append(line)
+    users_file.write_text("".join(out))
 
 
 def users_cli(
@@ -53,20 +68,24 @@ def test_expired_user_is_refused_and_renew_restores_access(
         "carol",
         "--password-stdin",
         "--expires",
-        "2020-01-01",
+        GRANT_EXPIRES,
         "--note",
         "partner X: project Y",
         stdin="carol-password\n",
     )
     assert added.returncode == 0, added.stderr
-    assert get(proxyd, origins, client_env, "carol", "carol-password") == 407
+    expire_in_file(proxyd, "carol")
+    deadline = time.monotonic() + 5.0  # the users file is re-read within a second
+    while get(proxyd, origins, client_env, "carol", "carol-password") != 407:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
     proxyd.wait_for_log(r"TCP_DENIED/407 .* auth=expired")
 
     listing = users_cli(proxyd, "list").stdout
     (line,) = [line for line in listing.splitlines() if line.startswith("carol ")]
     assert "2020-01-01" in line and "partner X: project Y" in line and "EXPIRED" in line
 
-    renewed = users_cli(proxyd, "renew", "carol", "--expires", "2099-12-31")
+    renewed = users_cli(proxyd, "renew", "carol", "--expires", GRANT_EXPIRES)
     assert renewed.returncode == 0, renewed.stderr
     deadline = time.monotonic() + 2.0
     while get(proxyd, origins, client_env, "carol", "carol-password") != 200:
@@ -84,9 +103,11 @@ def test_wrong_password_of_expired_user_says_bad_response_not_expired(
         "dave",
         "--password-stdin",
         "--expires",
-        "2020-01-01",
+        GRANT_EXPIRES,
         stdin="dave-password\n",
     )
+    expire_in_file(proxyd, "dave")
+    time.sleep(1.2)  # re-read within a second
     assert get(proxyd, origins, client_env, "dave", "not-the-password") == 407
     proxyd.wait_for_log(r"TCP_DENIED/407 .* auth=bad_response")
     assert "auth=expired" not in proxyd.log()
@@ -110,9 +131,10 @@ def test_export_is_read_by_squids_digest_file_auth(proxyd: ProxydHandle, tmp_pat
         "gone",
         "--password-stdin",
         "--expires",
-        "2020-01-01",
+        GRANT_EXPIRES,
         stdin="gone-password\n",
     )
+    expire_in_file(proxyd, "gone")
     out = tmp_path / "export.htdigest"
     run = users_cli(proxyd, "export", "--format", "htdigest", "--output", str(out))
     assert run.returncode == 0, run.stderr
