@@ -85,7 +85,12 @@ def refusal_record(ask: Ask, refusal: Refuse, body_bytes: int, now: float) -> Ac
 
 
 def listener_of(ask: Ask) -> str:
-    return "tls" if ask.tls else "http"
+    return listener_name(ask.tls)
+
+
+def listener_name(tls: bool) -> str:
+    """The `listener` of a record and a metric: how the client reached the proxy."""
+    return "tls" if tls else "http"
 
 
 def unjudged_record(

@@ -33,7 +33,13 @@ from proxy.core.admission import (
     printable,
 )
 from proxy.core.connlimit import SourceCounts
-from proxy.core.records import Exchange, listener_of, refusal_record, unjudged_record
+from proxy.core.records import (
+    Exchange,
+    listener_name,
+    listener_of,
+    refusal_record,
+    unjudged_record,
+)
 from proxy.core.upstream import CONNECT_TIMEOUT, classify, explain
 from proxy.engine import mitm_internals as engine
 from proxy.engine.guard import ADMITTED, NOT_ADMITTED, Admitted, internal_error_response
@@ -192,7 +198,7 @@ class ProxydAddon:
         )
 
     def _listener(self, flow: http.HTTPFlow) -> str:
-        return "tls" if flow.client_conn.peername in self.tls_peers else "http"
+        return listener_name(flow.client_conn.peername in self.tls_peers)
 
     def _apply(
         self, flow: http.HTTPFlow, ask: Ask, outcome: Outcome, runtime: Runtime, started: float

@@ -39,7 +39,13 @@ from proxy.core.connlimit import SourceCounts
 from proxy.core.firstbytes import TLS_HANDSHAKE, Path, classify
 from proxy.core.headerlimit import too_large_answer
 from proxy.core.policy import Verdict
-from proxy.core.records import Exchange, listener_of, refusal_record, unjudged_record
+from proxy.core.records import (
+    Exchange,
+    listener_name,
+    listener_of,
+    refusal_record,
+    unjudged_record,
+)
 from proxy.core.upstream import explain
 from proxy.effects.audit import AuditLog
 from proxy.effects.userfile import lock_user
@@ -425,7 +431,7 @@ class TunnelFront:
         body: int,
         decision: str,
     ) -> None:
-        listener = "tls" if client.tls else "http"
+        listener = listener_name(client.tls)
         record = unjudged_record(peer[0], method, target, status, time.time(), body, listener)
         self.host.recorder.record(record, decision=decision)
 
