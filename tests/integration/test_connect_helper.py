@@ -179,16 +179,9 @@ def run_connect(
     )
 
 
-def ssh(
-    target: SshTarget,
-    proxy_command: str,
-    command: str,
-    env: Mapping[str, str],
-    *,
-    stdin: bytes | None = None,
-    timeout: float = RUN_TIMEOUT,
-) -> subprocess.CompletedProcess[bytes]:
-    argv = [
+def ssh_argv(target: SshTarget, proxy_command: str, command: str) -> list[str]:
+    """ssh to the test sshd through `proxy_command`, with no config, agent or known hosts."""
+    return [
         "ssh",
         "-F",
         "/dev/null",
@@ -213,8 +206,19 @@ def ssh(
         f"root@{target.host}",
         command,
     ]
+
+
+def ssh(
+    target: SshTarget,
+    proxy_command: str,
+    command: str,
+    env: Mapping[str, str],
+    *,
+    stdin: bytes | None = None,
+    timeout: float = RUN_TIMEOUT,
+) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        argv,
+        ssh_argv(target, proxy_command, command),
         env=dict(env),
         capture_output=True,
         input=stdin if stdin is not None else b"",
@@ -722,29 +726,7 @@ def test_removing_the_user_ends_a_live_ssh_session_within_a_second(
     """Revocation is immediate (issue 17): an ssh session through `proxyd connect` does
     not outlive its user's access."""
     command = f"{proxyd_bin()} connect --proxy {proxy_url(proxyd_ssh.address)} %h %p"
-    argv = [
-        "ssh",
-        "-F",
-        "/dev/null",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "LogLevel=ERROR",
-        "-i",
-        str(ssh_target.key),
-        "-o",
-        f"ProxyCommand={command}",
-        "-p",
-        str(ssh_target.port),
-        f"root@{ssh_target.host}",
-        "echo ready; sleep 60",
-    ]
+    argv = ssh_argv(ssh_target, command, "echo ready; sleep 60")
     session = subprocess.Popen(
         argv,
         env=dict(env),

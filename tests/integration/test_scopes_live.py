@@ -18,6 +18,26 @@ def cli(proxy: ProxydHandle, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def explain(
+    proxy: ProxydHandle, target: str, user: str, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """`proxyd explain` for `user` from 127.0.0.1 to `target`."""
+    config = str(proxy.config_path)
+    return cli(
+        proxy,
+        "explain",
+        "--config",
+        config,
+        "--from",
+        "127.0.0.1",
+        "--to",
+        target,
+        "--user",
+        user,
+        *extra,
+    )
+
+
 def scoped_proxy(proxyd_factory: Any, origins: Origins) -> ProxydHandle:
     http_port, https_port = origins.http[1], origins.https[1]
     proxy: ProxydHandle = proxyd_factory(
@@ -72,37 +92,12 @@ def test_a_group_scoped_rule_admits_its_members_only(
     )
     # methods: the web port takes no CONNECT, even for a member
     assert fetch(proxy, "alice", web, client_env, "-p") == 403
+    target = f"{ORIGIN_HOST}:{origins.http[1]}"
     for user, code in (("alice", 0), ("bob", 1)):
-        explained = cli(
-            proxy,
-            "explain",
-            "--config",
-            str(proxy.config_path),
-            "--from",
-            "127.0.0.1",
-            "--to",
-            f"{ORIGIN_HOST}:{origins.http[1]}",
-            "--user",
-            user,
-            "--method",
-            "GET",
-        )
+        explained = explain(proxy, target, user, "--method", "GET")
         assert explained.returncode == code, explained.stdout + explained.stderr
-    assert (
-        "scoped rules for it: acme-web, acme-tunnels"
-        in cli(
-            proxy,
-            "explain",
-            "--config",
-            str(proxy.config_path),
-            "--from",
-            "127.0.0.1",
-            "--to",
-            f"{ORIGIN_HOST}:{origins.http[1]}",
-            "--user",
-            "alice",
-        ).stdout
-    )
+    scope = explain(proxy, target, "alice").stdout
+    assert "scoped rules for it: acme-web, acme-tunnels" in scope
 
 
 def test_check_config_and_the_cli_refuse_unknown_groups(
