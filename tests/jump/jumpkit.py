@@ -247,6 +247,13 @@ def today_utc() -> datetime.date:
     return datetime.datetime.now(datetime.UTC).date()
 
 
+def days_ahead(days: int) -> datetime.date:
+    """A date `days` after today, read at each call: the CLI reads today at
+    each call too, so a date fixed at import goes stale when a run crosses
+    midnight UTC (a tomorrow taken at 23:59 is today at 00:01)."""
+    return today_utc() + datetime.timedelta(days=days)
+
+
 # --------------------------------------------------------------------------- gate wrapper
 
 

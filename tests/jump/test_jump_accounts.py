@@ -24,6 +24,7 @@ from jumpkit import (
     PROXY_HOST,
     TARGET_HOST,
     JumpHost,
+    days_ahead,
     epoch_day,
     files_in,
     fingerprint,
@@ -37,9 +38,6 @@ from jumpkit import (
     user_exists,
     wait_until,
 )
-
-TOMORROW = today_utc() + datetime.timedelta(days=1)
-IN_30 = today_utc() + datetime.timedelta(days=30)
 
 
 def _can_log_in(jump: JumpHost, name: str, key: Path) -> bool:
@@ -88,12 +86,12 @@ def _sweep_at(jump: JumpHost, day: datetime.date, *extra: str) -> subprocess.Com
 
 def test_add_creates_a_locked_account_with_one_restricted_key(jump: JumpHost) -> None:
     key = jump.key("alice")
-    name, _ = jump.add("alice", key, expires=IN_30)
+    name, _ = jump.add("alice", key, expires=days_ahead(30))
     entry = pwd.getpwnam(name)
     assert name in grp.getgrnam(jump.group).gr_mem
     assert entry.pw_dir == str(jump.home_base / name)
     assert shadow_password(name) == "*", "no password can match (and sshd without PAM still works)"
-    assert shadow_expire_day(name) == epoch_day(IN_30)
+    assert shadow_expire_day(name) == epoch_day(days_ahead(30))
     home = Path(entry.pw_dir)
     assert home.stat().st_uid == entry.pw_uid
     assert not (home / ".ssh").exists()  # the key lives where the partner can't change it
@@ -105,7 +103,7 @@ def test_add_creates_a_locked_account_with_one_restricted_key(jump: JumpHost) ->
     pub_type, pub_blob = Path(f"{key}.pub").read_text().split()[:2]
     assert line.startswith(
         f'restrict,port-forwarding,command="{jump.gate} jump-gate --config {jump.config_path}",'
-        f'expiry-time="{IN_30:%Y%m%d}'
+        f'expiry-time="{days_ahead(30):%Y%m%d}'
     ), line
     assert f" {pub_type} {pub_blob}" in line
     # ssh-keygen reads the written file as one key with the same fingerprint.
@@ -123,7 +121,7 @@ def test_add_key_from_stdin_and_shell_profile(jump: JumpHost) -> None:
         "--key",
         "-",
         "--expires",
-        IN_30.isoformat(),
+        days_ahead(30).isoformat(),
         "--profile",
         "shell",
         input=Path(f"{key}.pub").read_text(),
@@ -137,7 +135,7 @@ def test_dry_run_changes_nothing(jump: JumpHost) -> None:
     name = jump.name("dry")
     key = jump.key("dry")
     proc = jump.proxyd(
-        "add", name, "--key", f"{key}.pub", "--expires", IN_30.isoformat(), "--dry-run"
+        "add", name, "--key", f"{key}.pub", "--expires", days_ahead(30).isoformat(), "--dry-run"
     )
     assert proc.returncode == 0, proc.stderr
     assert name in proc.stdout
@@ -232,14 +230,16 @@ def test_hostile_key_refused_nothing_written(jump: JumpHost, case: str) -> None:
     path = jump.directory / f"hostile-{case}.pub"
     path.write_bytes(content)
     name = jump.name("mallory")
-    proc = jump.proxyd("add", name, "--key", str(path), "--expires", IN_30.isoformat())
+    proc = jump.proxyd("add", name, "--key", str(path), "--expires", days_ahead(30).isoformat())
     assert proc.returncode == 1, (case, proc.stdout, proc.stderr)
     assert proc.stderr.startswith("proxyd: error:"), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     assert any(w in proc.stderr.lower() for w in word.lower().split("|")), proc.stderr
     _nothing_written(jump, name)
     # The same through stdin.
-    piped = jump.proxyd("add", name, "--key", "-", "--expires", IN_30.isoformat(), input=content)
+    piped = jump.proxyd(
+        "add", name, "--key", "-", "--expires", days_ahead(30).isoformat(), input=content
+    )
     assert piped.returncode == 1, piped.stderr
     _nothing_written(jump, name)
 
@@ -280,7 +280,14 @@ def test_hostile_name_refused(jump: JumpHost, name: str) -> None:
     useradd_refuses = any(c in name for c in "/: \n") or name == ""
     for extra in (["--dry-run"], []) if useradd_refuses else (["--dry-run"],):
         proc = jump.proxyd(
-            "add", "--key", f"{key}.pub", "--expires", IN_30.isoformat(), *extra, "--", name
+            "add",
+            "--key",
+            f"{key}.pub",
+            "--expires",
+            days_ahead(30).isoformat(),
+            *extra,
+            "--",
+            name,
         )
         assert proc.returncode in (1, 2), (name, proc.stdout, proc.stderr)  # 2: argparse
         assert proc.stderr.strip(), "a message says why"
@@ -293,7 +300,7 @@ def test_longest_valid_name_is_accepted(jump: JumpHost) -> None:
     name = jump.name("a" * (31 - len(jump.prefix)))
     assert len(name) == 31
     proc = jump.proxyd(
-        "add", name, "--key", f"{jump.key('good')}.pub", "--expires", IN_30.isoformat()
+        "add", name, "--key", f"{jump.key('good')}.pub", "--expires", days_ahead(30).isoformat()
     )
     assert proc.returncode == 0, proc.stderr
 
@@ -304,7 +311,7 @@ def test_every_existing_system_account_is_refused(jump: JumpHost) -> None:
     assert "root" in names
     for name in names:
         proc = jump.proxyd(
-            "add", name, "--key", f"{key}.pub", "--expires", IN_30.isoformat(), "--dry-run"
+            "add", name, "--key", f"{key}.pub", "--expires", days_ahead(30).isoformat(), "--dry-run"
         )
         assert proc.returncode == 1, (name, proc.stdout)
         assert name in proc.stderr
@@ -315,11 +322,11 @@ def test_existing_unmanaged_user_is_refused_and_untouched(jump: JumpHost) -> Non
     assert run(["useradd", "--no-create-home", "--comment", "someone", "--", name]).returncode == 0
     before = pwd.getpwnam(name)
     key = jump.key("good")
-    proc = jump.proxyd("add", name, "--key", f"{key}.pub", "--expires", IN_30.isoformat())
+    proc = jump.proxyd("add", name, "--key", f"{key}.pub", "--expires", days_ahead(30).isoformat())
     assert proc.returncode == 1 and "not manage" in proc.stderr, proc.stderr
     for action in (
         ["remove", name],
-        ["renew", name, "--expires", IN_30.isoformat()],
+        ["renew", name, "--expires", days_ahead(30).isoformat()],
         ["show", name],
     ):
         other = jump.proxyd(*action)
@@ -333,7 +340,7 @@ def test_existing_group_name_is_refused_cleanly(jump: JumpHost) -> None:
     name = jump.name("grp")
     assert run(["groupadd", "--", name]).returncode == 0
     proc = jump.proxyd(
-        "add", name, "--key", f"{jump.key('good')}.pub", "--expires", IN_30.isoformat()
+        "add", name, "--key", f"{jump.key('good')}.pub", "--expires", days_ahead(30).isoformat()
     )
     assert proc.returncode == 1, proc.stdout
     assert "Traceback" not in proc.stderr
@@ -343,7 +350,7 @@ def test_existing_group_name_is_refused_cleanly(jump: JumpHost) -> None:
 
 def test_add_twice_is_refused(jump: JumpHost) -> None:
     name, key = jump.add("alice")
-    again = jump.proxyd("add", name, "--key", f"{key}.pub", "--expires", IN_30.isoformat())
+    again = jump.proxyd("add", name, "--key", f"{key}.pub", "--expires", days_ahead(30).isoformat())
     assert again.returncode == 1 and "exists" in again.stderr
 
 
@@ -371,13 +378,13 @@ def test_list_and_show(jump: JumpHost) -> None:
     assert fingerprint(Path(f"{key}.pub")) in listed.stdout
     shown = jump.proxyd("show", name)
     assert shown.returncode == 0
-    assert IN_30.isoformat() in shown.stdout and "tunnel" in shown.stdout
+    assert days_ahead(30).isoformat() in shown.stdout and "tunnel" in shown.stdout
     assert jump.authorized_keys(name).read_text().strip() in shown.stdout
     assert jump.proxyd("show", jump.name("nobody")).returncode == 1
 
 
 def test_renew_moves_both_expiries(jump: JumpHost) -> None:
-    name, key = jump.add("alice", expires=TOMORROW)
+    name, key = jump.add("alice", expires=days_ahead(1))
     later = today_utc() + datetime.timedelta(days=90)
     proc = jump.proxyd("renew", name, "--expires", later.isoformat())
     assert proc.returncode == 0, proc.stderr
@@ -394,26 +401,26 @@ def test_renew_moves_both_expiries(jump: JumpHost) -> None:
 
 def test_expired_account_refused(jump: JumpHost) -> None:
     """The account's own expiry (chage -E, as time passing would leave it)."""
-    name, key = jump.add("alice", expires=TOMORROW)
+    name, key = jump.add("alice", expires=days_ahead(1))
     jump.start_sshd()
     assert _can_log_in(jump, name, key)
     assert run(["chage", "-E", today_utc().isoformat(), name]).returncode == 0
     assert not _can_log_in(jump, name, key), "an account expiring today is refused today"
     log = jump.sshd.log()
     assert "expired" in log or "PAM account configuration" in log, log[-2000:]
-    assert run(["chage", "-E", TOMORROW.isoformat(), name]).returncode == 0
+    assert run(["chage", "-E", days_ahead(1).isoformat(), name]).returncode == 0
     assert _can_log_in(jump, name, key)
 
 
 def test_expired_key_refused_even_if_the_account_is_valid(jump: JumpHost) -> None:
     """The second layer: the key's expiry-time, in exactly the format proxyd writes, with
     a past date. (A successful login with the written line proves sshd parses it.)"""
-    name, key = jump.add("alice", expires=IN_30)
+    name, key = jump.add("alice", expires=days_ahead(30))
     jump.start_sshd()
     assert _can_log_in(jump, name, key)
     path = jump.authorized_keys(name)
     line = path.read_text()
-    past = line.replace(f'expiry-time="{IN_30:%Y%m%d}', 'expiry-time="20010101', 1)
+    past = line.replace(f'expiry-time="{days_ahead(30):%Y%m%d}', 'expiry-time="20010101', 1)
     assert past != line
     path.write_text(past)
     assert not _can_log_in(jump, name, key)
@@ -477,15 +484,15 @@ def _held_session(jump: JumpHost, name: str, key: Path) -> subprocess.Popen[byte
 
 
 def test_sweep_removes_expired_accounts_and_ends_their_sessions(jump: JumpHost) -> None:
-    expiring, key = jump.add("old", expires=TOMORROW)
-    staying, other = jump.add("new", expires=IN_30)
+    expiring, key = jump.add("old", expires=days_ahead(1))
+    staying, other = jump.add("new", expires=days_ahead(30))
     jump.start_sshd()
     session = _held_session(jump, expiring, key)
     uid = pwd.getpwnam(expiring).pw_uid
     today = _sweep_at(jump, today_utc())
     assert today.returncode == 0, today.stderr
     assert user_exists(expiring) and session.poll() is None, "nothing expired yet"
-    later = _sweep_at(jump, TOMORROW)
+    later = _sweep_at(jump, days_ahead(1))
     assert later.returncode == 0, later.stderr
     assert expiring in later.stdout and staying not in later.stdout
     wait_until(lambda: session.poll() is not None, 20, "the expired account's session to end")
@@ -502,9 +509,9 @@ def test_sweep_removes_expired_accounts_and_ends_their_sessions(jump: JumpHost) 
 
 
 def test_sweep_dry_run_changes_nothing(jump: JumpHost) -> None:
-    name, _ = jump.add("old", expires=TOMORROW)
+    name, _ = jump.add("old", expires=days_ahead(1))
     lines_before = len(jump.audit())
-    proc = _sweep_at(jump, TOMORROW + datetime.timedelta(days=1), "--dry-run")
+    proc = _sweep_at(jump, days_ahead(1) + datetime.timedelta(days=1), "--dry-run")
     assert proc.returncode == 0 and name in proc.stdout, proc.stderr
     assert user_exists(name) and (jump.home_base / name).exists()
     assert len(jump.audit()) == lines_before
@@ -515,8 +522,8 @@ def test_sweep_dry_run_changes_nothing(jump: JumpHost) -> None:
 
 def test_audit_log_one_json_line_per_change(jump: JumpHost) -> None:
     key = jump.key("alice")
-    name, _ = jump.add("alice", key, expires=IN_30)
-    later = IN_30 + datetime.timedelta(days=10)
+    name, _ = jump.add("alice", key, expires=days_ahead(30))
+    later = days_ahead(30) + datetime.timedelta(days=10)
     assert jump.proxyd("renew", name, "--expires", later.isoformat()).returncode == 0
     assert jump.proxyd("list").returncode == 0  # not a change: no line
     assert jump.proxyd("show", name).returncode == 0
@@ -525,7 +532,7 @@ def test_audit_log_one_json_line_per_change(jump: JumpHost) -> None:
     assert [r["action"] for r in records] == ["add", "renew", "remove"]
     fp = fingerprint(Path(f"{key}.pub"))
     operator = os.environ.get("SUDO_USER") or pwd.getpwuid(os.getuid()).pw_name
-    for record, expires in zip(records, [IN_30, later, later], strict=True):
+    for record, expires in zip(records, [days_ahead(30), later, later], strict=True):
         assert record["name"] == name and record["kind"] == "jump"
         assert record["operator"] == operator
         assert record["fingerprint"] == fp
@@ -569,7 +576,7 @@ def test_hostile_note_refused(jump: JumpHost, note: str) -> None:
         "--key",
         f"{jump.key('good')}.pub",
         "--expires",
-        IN_30.isoformat(),
+        days_ahead(30).isoformat(),
         "--note",
         note,
     )

@@ -16,17 +16,14 @@ from jumpkit import (
     DENIED_HOST,
     JumpHost,
     SpeakFirst,
+    days_ahead,
     live_processes,
     port_of,
     refused_lines,
     run,
-    today_utc,
     user_exists,
     wait_until,
 )
-
-IN_30 = today_utc() + datetime.timedelta(days=30)
-
 
 # --------------------------------------------------------------------------- address spellings
 
@@ -116,7 +113,7 @@ def test_renew_does_not_follow_a_planted_ssh_symlink(jump: JumpHost) -> None:
     proc = jump.on_proxy(jump.client_config(key), name, f"rm -rf ~/.ssh && ln -s {victim} ~/.ssh")
     assert proc.returncode == 0, proc.stderr
     renew = jump.proxyd(
-        "renew", name, "--expires", (IN_30 + datetime.timedelta(days=1)).isoformat()
+        "renew", name, "--expires", (days_ahead(30) + datetime.timedelta(days=1)).isoformat()
     )
     # Whatever renew answers, root's directory must stay root's and unchanged.
     assert victim.stat().st_uid == 0, f"renew chowned {victim} to {name} ({renew.stderr})"
@@ -154,7 +151,7 @@ def _planted_record(jump: JumpHost) -> str:
     record = {
         "name": victim,
         "profile": "tunnel",
-        "expires": IN_30.isoformat(),
+        "expires": days_ahead(30).isoformat(),
         "note": "",
         "fingerprint": "SHA256:x",
         "key": "ssh-ed25519 AAAA",
@@ -172,7 +169,10 @@ def test_remove_refuses_a_name_outside_the_state_folder(jump: JumpHost) -> None:
 
 def test_show_and_renew_refuse_a_name_outside_the_state_folder(jump: JumpHost) -> None:
     _planted_record(jump)
-    for action in (["show", "../planted"], ["renew", "../planted", "--expires", IN_30.isoformat()]):
+    for action in (
+        ["show", "../planted"],
+        ["renew", "../planted", "--expires", days_ahead(30).isoformat()],
+    ):
         proc = jump.proxyd(*action)
         assert proc.returncode == 1, (action, proc.stdout)
 
@@ -208,7 +208,7 @@ def test_key_comment_cannot_smuggle_options_into_the_line(jump: JumpHost) -> Non
     sneaky = jump.directory / "sneaky.pub"
     sneaky.write_text(f'{good[0]} {good[1]} x",command="/bin/sh",permitopen="*:*\n')
     name = jump.name("alice")
-    proc = jump.proxyd("add", name, "--key", str(sneaky), "--expires", IN_30.isoformat())
+    proc = jump.proxyd("add", name, "--key", str(sneaky), "--expires", days_ahead(30).isoformat())
     if proc.returncode != 0:
         assert proc.returncode == 1 and not user_exists(name)
         return
