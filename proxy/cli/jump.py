@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import shutil
@@ -10,12 +11,14 @@ import socket
 import subprocess
 import sys
 import syslog
+import time
 import traceback
 from pathlib import Path
 from typing import Any
 
 from proxy.core import config
 from proxy.core.addresses import parse_target
+from proxy.core.audit import iso_instant
 from proxy.core.errors import BadDestination, ProxydError
 from proxy.core.jump import (
     PROFILES,
@@ -34,8 +37,9 @@ from proxy.core.jump import (
     sshd_config_block,
 )
 from proxy.core.sshkeys import BadKey, parse_key_file
-from proxy.core.users import BadUserInput, check_note
+from proxy.core.users import BadUserInput, check_note, check_owner
 from proxy.effects.accounts import AccountExecutor, StateStore, is_managed, is_unmanaged
+from proxy.effects.audit import operator
 from proxy.effects.resolver import ResolveError, addresses_now
 from proxy.effects.stdio import relay_stdio
 
@@ -52,8 +56,9 @@ def add_parser(sub: Any) -> None:
     q.add_argument("--key", required=True, help="public key file, or - for stdin")
     q.add_argument("--expires", required=True, metavar="DATE", help="first day refused")
     q.add_argument("--profile", choices=PROFILES, default="tunnel")
-    q.add_argument("--note", default="", help="who and why")
-    q.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    q.add_argument("--note", "--reason", dest="note", default="", help="why (project, ticket)")
+    q.add_argument("--owner", help="the partner, organisation or person (default: NAME)")
+    plan_arguments(q)
     q.set_defaults(func=run_add)
 
     q = jump.add_parser("list", help="list managed accounts")
@@ -64,14 +69,15 @@ def add_parser(sub: Any) -> None:
     q = jump.add_parser("renew", help="set a new expiry date")
     q.add_argument("name")
     q.add_argument("--expires", required=True, metavar="DATE")
-    q.add_argument("--dry-run", action="store_true")
+    q.add_argument("--note", "--reason", dest="note", help="a new reason; default: keep it")
+    plan_arguments(q)
     q.set_defaults(func=run_renew)
     q = jump.add_parser("remove", help="end sessions and delete an account")
     q.add_argument("name")
-    q.add_argument("--dry-run", action="store_true")
+    plan_arguments(q)
     q.set_defaults(func=run_remove)
     q = jump.add_parser("sweep", help="remove expired accounts (run by the systemd timer)")
-    q.add_argument("--dry-run", action="store_true")
+    plan_arguments(q)
     q.set_defaults(func=run_sweep)
     q = jump.add_parser("sshd-config", help="print the sshd_config block to install")
     q.set_defaults(func=run_sshd_config)
@@ -79,6 +85,11 @@ def add_parser(sub: Any) -> None:
     g = sub.add_parser("jump-gate", help="sshd forced command for tunnel accounts (internal)")
     g.add_argument("--config", type=Path, default=config.DEFAULT_CONFIG)
     g.set_defaults(func=run_gate)
+
+
+def plan_arguments(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    q.add_argument("--verbose", action="store_true", help="print each step as it runs")
 
 
 def gate_command(cfg: config.Config) -> str:
@@ -94,17 +105,19 @@ def _today() -> datetime.date:
     return datetime.datetime.now(datetime.UTC).date()
 
 
-def _execute(cfg: config.Config, steps: list[Step], account: Account | None, dry_run: bool) -> None:
-    if dry_run:
+def _execute(cfg: config.Config, steps: list[Step], args: argparse.Namespace) -> None:
+    """Print the plan (--dry-run), or run it, printing each step as it runs (--verbose):
+    the same lines either way, since a step carries all its executor uses."""
+    if args.dry_run:
         for step in steps:
             print(step)
         return
-    executor(cfg).run(steps, account)
+    executor(cfg).run(steps, on_step=print if args.verbose else None)
 
 
 def executor(cfg: config.Config) -> AccountExecutor:
     """Jump changes go to the one audit log (`audit_log`), unless `jump.audit_log` says."""
-    return AccountExecutor(cfg.jump, gate_command(cfg), cfg.jump.audit_log or cfg.audit_log)
+    return AccountExecutor(cfg.jump, cfg.jump.audit_log or cfg.audit_log)
 
 
 def _managed(cfg: config.Config, name: str) -> Account:
@@ -130,23 +143,34 @@ def run_add(args: argparse.Namespace) -> int:
     name = check_name(args.name, is_unmanaged(args.name, cfg.jump.group))
     if StateStore(cfg.jump.state_dir).load(name) is not None or not _absent(name):
         raise JumpError(f"account {name!r} exists (use `jump renew`)")
-    expires = check_expiry(args.expires, _today())
+    expires = check_expiry(args.expires, time.time(), cfg.max_lifetime_days)
     try:
         note = check_note(args.note)
+        owner = check_owner(args.owner, name)
         text = sys.stdin.read(65536) if args.key == "-" else Path(args.key).read_text()
         key = parse_key_file(text, cfg.jump.rsa_min_bits)
     except (OSError, UnicodeDecodeError) as e:
         raise JumpError(f"cannot read the key: {e}") from e
     except (BadKey, BadUserInput) as e:
         raise JumpError(str(e)) from e
-    account = Account(name, args.profile, expires, note, key.fingerprint, key.line())
+    account = Account(
+        name,
+        args.profile,
+        expires,
+        note,
+        key.fingerprint,
+        key.line(),
+        owner=owner,
+        created_by=operator(),
+        created_at=iso_instant(time.time()),
+    )
     steps = plan_add(account, cfg.jump, gate_command(cfg))
     try:
-        _execute(cfg, steps, account, args.dry_run)
+        _execute(cfg, steps, args)
     except (JumpError, OSError) as e:
         # Half an account is worse than none: undo what was done, then report.
         if not args.dry_run:
-            executor(cfg).run(plan_remove(name, "add-failed"), None)
+            executor(cfg).run(plan_remove(account, "add-failed"))
         raise JumpError(f"add failed and was rolled back: {e}") from e
     if not args.dry_run:
         print(f"added {name} ({args.profile}, refused from {expires}, key {key.fingerprint})")
@@ -167,8 +191,13 @@ def run_list(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     today = _today()
     print(f"{'NAME':<20} {'PROFILE':<8} {'EXPIRES':<11} {'KEY':<52} NOTE")
-    for account in StateStore(cfg.jump.state_dir).all():
+    accounts, unreadable = StateStore(cfg.jump.state_dir).all()
+    for error in unreadable:
+        print(f"proxyd: {error}", file=sys.stderr)
+    for account in accounts:
         flags = [account.note] if account.note else []
+        if account.owner and account.owner != account.name:
+            flags.append(f"owner: {account.owner}")
         if account.expires <= today:
             flags.append("EXPIRED")
         if _absent(account.name):
@@ -177,7 +206,7 @@ def run_list(args: argparse.Namespace) -> int:
             f"{account.name:<20} {account.profile:<8} {account.expires!s:<11} "
             f"{account.fingerprint:<52} {'; '.join(flags)}"
         )
-    return 0
+    return 1 if unreadable else 0
 
 
 def run_show(args: argparse.Namespace) -> int:
@@ -187,7 +216,9 @@ def run_show(args: argparse.Namespace) -> int:
         ("name", account.name),
         ("profile", account.profile),
         ("expires", f"{account.expires} (refused from that day, UTC)"),
-        ("note", account.note or "-"),
+        ("owner", account.owner or "-"),
+        ("reason", account.note or "-"),
+        ("created", f"{account.created_at or '-'} by {account.created_by or '-'}"),
         ("key", account.fingerprint),
         ("authorized_keys", authorized_keys_line(account, gate_command(cfg)).strip()),
     ):
@@ -198,32 +229,40 @@ def run_show(args: argparse.Namespace) -> int:
 def run_renew(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     old = _managed(cfg, args.name)
-    account = Account(**{**old.__dict__, "expires": check_expiry(args.expires, _today())})
-    _execute(cfg, plan_renew(account, gate_command(cfg)), account, args.dry_run)
+    expires = check_expiry(args.expires, time.time(), cfg.max_lifetime_days)
+    try:
+        note = check_note(args.note) if args.note is not None else old.note
+    except BadUserInput as e:
+        raise JumpError(str(e)) from e
+    account = dataclasses.replace(old, expires=expires, note=note)
+    _execute(cfg, plan_renew(account, gate_command(cfg)), args)
     return 0
 
 
 def run_remove(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     account = _managed(cfg, args.name)
-    _execute(cfg, plan_remove(account.name), account, args.dry_run)
+    _execute(cfg, plan_remove(account), args)
     return 0
 
 
 def run_sweep(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
-    steps = plan_sweep(StateStore(cfg.jump.state_dir).all(), _today())
+    accounts, unreadable = StateStore(cfg.jump.state_dir).all()
+    for error in unreadable:  # one broken state file stops no other account's sweep
+        print(f"proxyd: sweep: {error}", file=sys.stderr)
+    steps = plan_sweep(accounts, _today())
     swept, failed = [], []
     for name in dict.fromkeys(s.account for s in steps):  # one account failing stops no other
         try:
-            _execute(cfg, [s for s in steps if s.account == name], None, args.dry_run)
+            _execute(cfg, [s for s in steps if s.account == name], args)
         except (JumpError, OSError, subprocess.SubprocessError) as e:
             print(f"proxyd: sweep: {name}: {e}", file=sys.stderr)
             failed.append(name)
         else:
             swept.append(name)
     print(f"swept {len(swept)} expired account(s){': ' + ', '.join(swept) if swept else ''}")
-    return 1 if failed else 0
+    return 1 if failed or unreadable else 0
 
 
 def run_sshd_config(args: argparse.Namespace) -> int:

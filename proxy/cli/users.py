@@ -24,6 +24,7 @@ from proxy.core.users import (
     MAX_PASSWORD,
     BadUserInput,
     check_note,
+    check_owner,
     check_password,
     check_username,
     format_date,
@@ -65,8 +66,11 @@ def add_parser(sub: Any) -> None:
 
     q = users.add_parser("renew", help="set a user's expiry date")
     q.add_argument("name")
+    q.add_argument("--owner", help="a new owner; default: keep it")
     q.add_argument("--expires", metavar="DATE", required=True, help="YYYY-MM-DD, or 'never'")
-    q.add_argument("--note", help="the reason (needed with 'never'); default: keep it")
+    q.add_argument(
+        "--note", "--reason", dest="note", help="the reason (needed with 'never'); default: keep"
+    )
     q.set_defaults(func=run_renew)
 
     q = users.add_parser("groups", help="set the groups a user is in (none: no group)")
@@ -98,9 +102,12 @@ def add_lifetime_arguments(q: argparse.ArgumentParser) -> None:
     lifetime = q.add_mutually_exclusive_group(required=True)
     lifetime.add_argument("--expires", metavar="DATE", help="first day refused (YYYY-MM-DD)")
     lifetime.add_argument(
-        "--no-expiry", action="store_true", help="no expiry date (needs --note: the reason)"
+        "--no-expiry", action="store_true", help="no expiry date (needs --reason)"
     )
-    q.add_argument("--note", default="", help="who and why (partner, project, ticket)")
+    q.add_argument(
+        "--note", "--reason", dest="note", default="", help="why (partner, project, ticket)"
+    )
+    q.add_argument("--owner", help="the partner, organisation or person (default: the user)")
 
 
 def lifetime(cfg: config.Config, expires: str | None, note: str) -> float | None:
@@ -145,21 +152,27 @@ def _set_password(args: argparse.Namespace, must_exist: bool) -> int:
     precheck(read_users(cfg.auth.users_file))
     password, generated = read_password(args)
 
+    owner = check_owner(getattr(args, "owner", None), name)
+
     def change(users: dict[str, UserSecrets]) -> None:
         precheck(users)
+        fresh = make_user(name, cfg.realm, password, expires, note)
         old = users.get(name)
-        if old is not None:  # passwd keeps the expiry, note and groups (not a lock)
-            expires_, note_, groups_ = old.expires, old.note, old.groups
+        if old is not None:  # passwd keeps the grant as it is, but not a lock
+            users[name] = dataclasses.replace(old, realm=fresh.realm, ha1=fresh.ha1, locked=False)
         else:
-            expires_, note_, groups_ = expires, note, groups
-        user = make_user(name, cfg.realm, password, expires_, note_)
-        users[name] = dataclasses.replace(user, groups=groups_)
+            users[name] = made_now(dataclasses.replace(fresh, groups=groups, owner=owner))
 
     change_users(cfg, change, "passwd" if must_exist else "add", [name])
     if generated:
         print(password)
     print(f"{'password set for' if must_exist else 'added'} {name}", file=sys.stderr)
     return 0
+
+
+def made_now(user: UserSecrets) -> UserSecrets:
+    """A new grant records who made it and when."""
+    return dataclasses.replace(user, created_by=operator(), created_at=time.time())
 
 
 def run_add(args: argparse.Namespace) -> int:
@@ -239,7 +252,9 @@ def run_renew(args: argparse.Namespace) -> int:
         user = users.get(name)
         if user is None:
             raise BadUserInput(f"no such user: {name}")
-        users[name] = dataclasses.replace(user, expires=expires, note=reason)
+        users[name] = dataclasses.replace(
+            user, expires=expires, note=reason, owner=check_owner(args.owner, user.owner)
+        )
 
     change_users(cfg, change, "renew", [name])
     until = "never expires" if expires is None else f"refused from {args.expires}"
@@ -256,6 +271,8 @@ def run_list(args: argparse.Namespace) -> int:
         algorithms = ",".join(a for a in ("MD5", "SHA-256") if a in user.ha1)
         expires = "-" if user.expires is None else format_date(user.expires)
         notes = [user.note] if user.note else []
+        if user.owner and user.owner != user.name:
+            notes.append(f"owner: {user.owner}")
         if user.groups:
             notes.append(f"groups: {', '.join(user.groups)}")
         if user.expires is not None and user.expires <= now:
@@ -305,7 +322,10 @@ def run_import(args: argparse.Namespace) -> int:
             text = ha1.decode("ascii", "replace") if isinstance(ha1, bytes) else str(ha1)
             if not re.fullmatch(r"[0-9a-fA-F]{32}", text):
                 raise ConfigError([f"{args.file}: user {name!r}: malformed MD5 hash"])
-            imported.append(UserSecrets(name, realm, {"MD5": text.lower()}, expires, note))
+            user = UserSecrets(name, realm, {"MD5": text.lower()}, expires, note)
+            imported.append(
+                made_now(dataclasses.replace(user, owner=check_owner(args.owner, name)))
+            )
     added: list[str] = []
 
     def change(users: dict[str, UserSecrets]) -> None:

@@ -19,7 +19,7 @@ def grant_record(
 ) -> dict[str, str]:
     """`details` that are None are left out (a fact this change does not know)."""
     record = {
-        "time": datetime.datetime.fromtimestamp(when, datetime.UTC).isoformat(timespec="seconds"),
+        "time": iso_instant(when),
         "operator": operator,
         "kind": kind,
         "action": action,
@@ -45,4 +45,11 @@ def user_record(
         expires=format_date(user.expires) if user.expires is not None else "never",
         groups=",".join(user.groups) or None,
         locked="true" if user.locked else None,
+        owner=user.owner or None,
+        created_by=user.created_by or None,
+        created_at=iso_instant(user.created_at) if user.created_at is not None else None,
     )
+
+
+def iso_instant(moment: float) -> str:
+    return datetime.datetime.fromtimestamp(moment, datetime.UTC).isoformat(timespec="seconds")

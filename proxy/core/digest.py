@@ -247,7 +247,8 @@ class ReplayWindow:
 
 @dataclass(frozen=True)
 class UserSecrets:
-    """What verification needs of a user: HA1 per algorithm (hex), for one realm."""
+    """A proxy user: what verification needs (HA1 per algorithm, hex, for one realm), and
+    the grant's facts (expiry, reason, groups, owner, who created it when)."""
 
     name: str
     realm: str
@@ -256,6 +257,9 @@ class UserSecrets:
     note: str = ""  # who and why, for the operator
     locked: bool = False  # refused until a new password is set
     groups: tuple[str, ...] = ()  # what scoped rules (`groups:`) match
+    owner: str = ""  # the partner, organisation or person the grant is for
+    created_by: str = ""  # the operator who added the user
+    created_at: float | None = None  # seconds since the epoch
 
     def __repr__(self) -> str:
         # An HA1 answers any challenge of its realm, like the password: a log line, a
@@ -264,7 +268,8 @@ class UserSecrets:
         return (
             f"UserSecrets(name={self.name!r}, realm={self.realm!r}, ha1={{{hidden}}}, "
             f"expires={self.expires!r}, note={self.note!r}, locked={self.locked!r}, "
-            f"groups={self.groups!r})"
+            f"groups={self.groups!r}, owner={self.owner!r}, created_by={self.created_by!r}, "
+            f"created_at={self.created_at!r})"
         )
 
 

@@ -26,7 +26,9 @@ def checked_expiry(expires: float | None, reason: str, now: float, max_days: int
     saying why not. `expires` None is a grant without expiry: it needs a reason."""
     if expires is None:
         if not reason.strip():
-            raise ValueError("a grant without expiry (--no-expiry, never) needs a reason (--note)")
+            raise ValueError(
+                "a grant without expiry (--no-expiry, never) needs a reason (--reason)"
+            )
         return None
     if expires <= now:
         raise ValueError("the expiry date has passed already")

@@ -10,6 +10,7 @@ from the proxy policy's rules for partners (`Policy.open_to_anyone`), restricted
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import re
 from collections.abc import Iterable
@@ -17,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from proxy.core.config import JumpConfig
+from proxy.core.grants import checked_expiry
 from proxy.core.policy import Policy
+from proxy.core.users import BadUserInput, parse_date
 
 NAME_RE = re.compile(r"[a-z][a-z0-9-]{1,30}")
 MARKER = "proxyd-jump"  # the GECOS field of every managed account
@@ -78,9 +81,25 @@ class Account:
     name: str
     profile: str
     expires: datetime.date  # the first day the account is refused
-    note: str
+    note: str  # the reason
     fingerprint: str
     key: str  # the public key line as validated
+    # Who the grant is for and who made it when (state files older than these lack them).
+    owner: str = ""
+    created_by: str = ""
+    created_at: str = ""  # ISO 8601, UTC
+
+    def grant_facts(self) -> tuple[tuple[str, str], ...]:
+        """What an audit line says about this account (no key material but its hash)."""
+        facts = {
+            "owner": self.owner,
+            "reason": self.note,
+            "expires": self.expires.isoformat(),
+            "fingerprint": self.fingerprint,
+            "created_by": self.created_by,
+            "created_at": self.created_at,
+        }
+        return tuple((k, v) for k, v in facts.items() if v)
 
 
 def check_name(name: str, existing_unmanaged: bool) -> str:
@@ -95,14 +114,16 @@ def check_name(name: str, existing_unmanaged: bool) -> str:
     return name
 
 
-def check_expiry(text: str, today: datetime.date) -> datetime.date:
+def check_expiry(text: str, now: float, max_days: int) -> datetime.date:
+    """The first day an account is refused: a future date within grants.max_lifetime.
+    A jump account always has one (its key's expiry-time needs a date)."""
     try:
-        day = datetime.date.fromisoformat(text)
-    except ValueError:
+        checked_expiry(parse_date(text), "", now, max_days)
+    except BadUserInput:
         raise JumpError(f"not a date like 2027-03-31: {text!r}") from None
-    if day <= today:
-        raise JumpError(f"expiry {day} is not in the future")
-    return day
+    except ValueError as e:
+        raise JumpError(f"expiry {text}: {e}") from None
+    return datetime.date.fromisoformat(text)
 
 
 def authorized_keys_line(account: Account, gate_command: str) -> str:
@@ -118,47 +139,122 @@ def authorized_keys_line(account: Account, gate_command: str) -> str:
 
 
 # --- Plans: steps that executors carry out ------------------------------------------------
+#
+# A plan is the source of truth: each step carries every value its executor uses, so
+# `--dry-run` prints exactly what a real run does (the executor reads nothing else).
 
 
 @dataclass(frozen=True)
 class Step:
-    action: str  # ensure_group, create_user, lock, write_keys, set_expiry, kill, delete, ...
+    action: str  # ensure_group, create_user, lock_password, write_keys, ... (ACTIONS)
     account: str
-    detail: str = ""
+    args: tuple[tuple[str, str], ...] = ()
+
+    def arg(self, key: str) -> str:
+        return dict(self.args)[key]
 
     def __str__(self) -> str:
-        return f"{self.action:<14} {self.account} {self.detail}".rstrip()
+        shown = " ".join(f"{key}={value}" for key, value in self.args)
+        return f"{self.action:<14} {self.account} {shown}".rstrip()
+
+
+ACTIONS = frozenset(
+    {
+        "audit",
+        "create_user",
+        "delete_keys",
+        "delete_state",
+        "delete_user",
+        "ensure_group",
+        "kill_sessions",
+        "lock_account",
+        "lock_password",
+        "set_expiry",
+        "write_keys",
+        "write_state",
+    }
+)
+# Steps that take an existing account away: each re-checks that proxyd manages it.
+DESTRUCTIVE = frozenset({"lock_account", "kill_sessions", "delete_user"})
+
+
+def _write_keys(account: Account, gate_command: str) -> Step:
+    line = authorized_keys_line(account, gate_command).rstrip("\n")
+    return Step("write_keys", account.name, (("line", line),))
+
+
+def _write_state(account: Account) -> Step:
+    """The whole record: what `jump list`, `renew` and `remove` read back later."""
+    fields = {f.name: str(getattr(account, f.name)) for f in dataclasses.fields(account)}
+    return Step("write_state", account.name, tuple(fields.items()))
+
+
+def account_from_record(record: object) -> Account:
+    """The inverse of _write_state's args, and what a state file holds; ValueError when
+    it is not one whole record of strings."""
+    names = {f.name for f in dataclasses.fields(Account)}
+    if (
+        not isinstance(record, dict)
+        or not set(record) <= names
+        or not all(isinstance(v, str) for v in record.values())
+    ):
+        raise ValueError("not a jump account record")
+    get = record.get
+    try:
+        return Account(
+            name=record["name"],
+            profile=record["profile"],
+            expires=datetime.date.fromisoformat(record["expires"]),
+            note=record["note"],
+            fingerprint=record["fingerprint"],
+            key=record["key"],
+            owner=get("owner", ""),
+            created_by=get("created_by", ""),
+            created_at=get("created_at", ""),
+        )
+    except KeyError as e:
+        raise ValueError(f"a jump account record without {e}") from None
+
+
+def _audit(action: str, account: Account) -> Step:
+    return Step("audit", account.name, (("action", action), *account.grant_facts()))
 
 
 def plan_add(account: Account, config: JumpConfig, gate_command: str) -> list[Step]:
     home = config.home_base / account.name
     return [
-        Step("ensure_group", account.name, config.group),
-        Step("create_user", account.name, f"home={home} expires={account.expires}"),
+        Step("ensure_group", account.name, (("group", config.group),)),
+        Step(
+            "create_user",
+            account.name,
+            (("home", str(home)), ("group", config.group), ("expires", str(account.expires))),
+        ),
         Step("lock_password", account.name),
-        Step("write_keys", account.name, authorized_keys_line(account, gate_command).strip()),
-        Step("write_state", account.name, f"profile={account.profile}"),
-        Step("audit", account.name, "add"),
+        _write_keys(account, gate_command),
+        _write_state(account),
+        _audit("add", account),
     ]
 
 
 def plan_renew(account: Account, gate_command: str) -> list[Step]:
     return [
-        Step("set_expiry", account.name, str(account.expires)),
-        Step("write_keys", account.name, authorized_keys_line(account, gate_command).strip()),
-        Step("write_state", account.name, f"expires={account.expires}"),
-        Step("audit", account.name, "renew"),
+        Step("set_expiry", account.name, (("expires", str(account.expires)),)),
+        _write_keys(account, gate_command),
+        _write_state(account),
+        _audit("renew", account),
     ]
 
 
-def plan_remove(name: str, why: str = "remove") -> list[Step]:
+def plan_remove(account: Account, why: str = "remove") -> list[Step]:
+    """`why`: remove, sweep (expired) or add-failed (the rollback of a failed add)."""
+    name = account.name
     return [
         Step("lock_account", name),
         Step("kill_sessions", name),
         Step("delete_user", name),
         Step("delete_keys", name),
         Step("delete_state", name),
-        Step("audit", name, why),
+        _audit(why, account),
     ]
 
 
@@ -166,7 +262,7 @@ def plan_sweep(accounts: Iterable[Account], today: datetime.date) -> list[Step]:
     steps: list[Step] = []
     for account in sorted(accounts, key=lambda a: a.name):
         if account.expires <= today:
-            steps += plan_remove(account.name, "sweep")
+            steps += plan_remove(account, "sweep")
     return steps
 
 

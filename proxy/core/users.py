@@ -1,10 +1,12 @@
 """The users file format, sans-IO: parse and format, names and passwords checked.
 
-One line per user, `name:realm:md5-ha1:sha256-ha1[:expires[:note[:groups]]]`, HA1 =
-H(name:realm:password) in hex, expires an ISO date (the first day the user is refused),
-the note percent-encoded and groups comma-separated. A `!` before the MD5 field locks the
-user (as in /etc/shadow) until a new password is set: proxyd locks a user whose password
-crossed the wire in clear.
+One line per user,
+`name:realm:md5-ha1:sha256-ha1[:expires[:note[:groups[:owner:created_by:created_at]]]]`,
+HA1 = H(name:realm:password) in hex, expires an ISO date (the first day the user is
+refused), note (the reason), owner and created_by percent-encoded, groups comma-separated,
+created_at an ISO 8601 instant in the basic format (20261205T060000Z: no colons).
+A `!` before the MD5 field locks the user (as in /etc/shadow) until a new password is set:
+proxyd locks a user whose password crossed the wire in clear.
 It is a superset of Apache's htdigest format (`name:realm:md5-ha1`), so an htdigest file
 reads as a users file whose users can do MD5 only. HA1 values are password equivalents for
 that realm: the file is written 0600 and never logged.
@@ -22,16 +24,18 @@ from passlib.hash import htdigest
 from proxy.core.digest import UserSecrets, ha1
 from proxy.core.errors import ConfigError
 
-HEADER = (
-    "# proxyd users file: name:realm:md5-ha1:sha256-ha1[:expires[:note[:groups]]]"
-    " (written by `proxyd users`)\n"
+LINE_FORMAT = (
+    "name:realm:md5-ha1[:sha256-ha1[:expires[:note[:groups[:owner:created_by:created_at]]]]]"
 )
+HEADER_START = "# proxyd users file: "
+HEADER = f"{HEADER_START}{LINE_FORMAT} (written by `proxyd users`)\n"
 
 
 def written_by_proxyd(text: str) -> bool:
-    """Whether `text` is a users file `proxyd users` wrote (it always starts with HEADER):
-    such a file with no users in it is meant, not a truncation or a half-done swap."""
-    return text.startswith(HEADER)
+    """Whether `text` is a users file `proxyd users` wrote (it always starts with the
+    header's first words; older versions wrote a shorter format after them): such a file
+    with no users in it is meant, not a truncation or a half-done swap."""
+    return text.startswith(HEADER_START)
 
 
 # Percent-encode what would break the line format (':' '%', controls) and non-ASCII.
@@ -76,6 +80,17 @@ def check_note(note: str) -> str:
     return note
 
 
+def check_owner(owner: str | None, default: str) -> str:
+    """Who a grant is for (--owner), checked like a note; by default `default` (the
+    person it is granted to, or the owner on record)."""
+    if owner is None or not owner.strip():
+        return default
+    try:
+        return check_note(owner.strip())
+    except BadUserInput as e:
+        raise BadUserInput(f"owner: {e}") from None
+
+
 def parse_date(text: str) -> float:
     """`2027-03-31` -> the instant that day starts (UTC): the first moment it is refused."""
     try:
@@ -89,9 +104,30 @@ def format_date(moment: float) -> str:
     return datetime.datetime.fromtimestamp(moment, datetime.UTC).date().isoformat()
 
 
+_INSTANT = "%Y%m%dT%H%M%SZ"
+
+
+def format_instant(moment: float) -> str:
+    """An instant for the users file: ISO 8601 basic format, UTC, whole seconds."""
+    return datetime.datetime.fromtimestamp(moment, datetime.UTC).strftime(_INSTANT)
+
+
+def parse_instant(text: str) -> float:
+    try:
+        when = datetime.datetime.strptime(text, _INSTANT).replace(tzinfo=datetime.UTC)
+    except ValueError:
+        raise BadUserInput(f"not an instant like 20261205T060000Z: {text!r}") from None
+    return when.timestamp()
+
+
+def _quote(text: str) -> str:
+    return urllib.parse.quote(text, safe=_NOTE_SAFE)
+
+
 def make_user(
     name: str, realm: str, password: str, expires: float | None = None, note: str = ""
 ) -> UserSecrets:
+    """A user with a new password; the grant's other facts are the caller's to set."""
     check_username(name)
     check_password(password)
     return UserSecrets(
@@ -116,10 +152,8 @@ def parse_users(text: str, filename: str) -> dict[str, UserSecrets]:
             continue
         where = f"{filename}:{number}"
         fields = line.rstrip("\r").split(":")
-        if not 3 <= len(fields) <= 7:
-            errors.append(
-                f"{where}: expected name:realm:md5-ha1[:sha256-ha1[:expires[:note[:groups]]]]"
-            )
+        if not 3 <= len(fields) <= 10 or len(fields) in (8, 9):
+            errors.append(f"{where}: expected {LINE_FORMAT}")
             continue
         name, realm, *hashes = fields[:4]
         expires: float | None = None
@@ -133,6 +167,14 @@ def parse_users(text: str, filename: str) -> dict[str, UserSecrets]:
         for group in groups:
             if not GROUP_RE.fullmatch(group):
                 errors.append(f"{where}: user {name!r}: invalid group name {group!r}")
+        owner = created_by = ""
+        created_at: float | None = None
+        if len(fields) == 10:
+            owner, created_by = (urllib.parse.unquote(f) for f in fields[7:9])
+            try:
+                created_at = parse_instant(fields[9]) if fields[9] else None
+            except BadUserInput as e:
+                errors.append(f"{where}: user {name!r}: created_at: {e}")
         if not USERNAME_RE.fullmatch(name):
             errors.append(f"{where}: invalid user name {name!r}")
             continue
@@ -149,7 +191,9 @@ def parse_users(text: str, filename: str) -> dict[str, UserSecrets]:
             errors.append(f"{where}: user {name!r} has no hash")
         if name in users:
             errors.append(f"{where}: user {name!r} listed twice")
-        users[name] = UserSecrets(name, realm, secrets, expires, note, locked, groups)
+        users[name] = UserSecrets(
+            name, realm, secrets, expires, note, locked, groups, owner, created_by, created_at
+        )
     if errors:
         raise ConfigError(errors)
     return users
@@ -160,12 +204,23 @@ def format_users(users: Iterable[UserSecrets]) -> str:
     for u in sorted(users, key=lambda u: u.name):
         md5 = (LOCK_MARK if u.locked else "") + u.ha1.get("MD5", "")
         fields = [u.name, u.realm, md5, u.ha1.get("SHA-256", "")]
-        if u.expires is not None or u.note or u.groups:
-            fields.append(format_date(u.expires) if u.expires is not None else "")
-        if u.note or u.groups:
-            fields.append(urllib.parse.quote(u.note, safe=_NOTE_SAFE))
-        if u.groups:
-            fields.append(",".join(u.groups))
+        made = (
+            _quote(u.owner),
+            _quote(u.created_by),
+            format_instant(u.created_at) if u.created_at is not None else "",
+        )
+        optional = [
+            format_date(u.expires) if u.expires is not None else "",
+            _quote(u.note),
+            ",".join(u.groups),
+            *made,
+        ]
+        if any(made):
+            fields.extend(optional)
+        else:  # the shortest line that says it all (an htdigest line where it can be)
+            while optional and not optional[-1]:
+                optional.pop()
+            fields.extend(optional[:3])
         lines.append(":".join(fields) + "\n")
     return "".join(lines)
 

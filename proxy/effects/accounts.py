@@ -5,19 +5,25 @@ and the files in the account's home. Every program gets a list of arguments, nev
 from __future__ import annotations
 
 import contextlib
-import datetime
 import grp
 import json
 import pwd
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 from proxy.core.audit import grant_record
 from proxy.core.config import JumpConfig
-from proxy.core.jump import MARKER, Account, JumpError, Step, authorized_keys_line
+from proxy.core.jump import (
+    ACTIONS,
+    DESTRUCTIVE,
+    MARKER,
+    Account,
+    JumpError,
+    Step,
+    account_from_record,
+)
 from proxy.effects.audit import AuditLog, operator
 from proxy.effects.files import atomic_write
 
@@ -49,7 +55,7 @@ def is_managed(entry: pwd.struct_passwd, group: str) -> bool:
 
 class StateStore:
     """proxyd's record of each managed account (what the OS does not keep: note, profile,
-    key fingerprint), one JSON file per account, 0600."""
+    owner, key fingerprint), one JSON file per account, 0600."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -57,30 +63,33 @@ class StateStore:
     def path(self, name: str) -> Path:
         return self.directory / f"{name}.json"
 
-    def save(self, account: Account) -> None:
+    def save(self, record: dict[str, str]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        record = asdict(account) | {"expires": account.expires.isoformat()}
-        atomic_write(self.path(account.name), json.dumps(record, indent=1).encode())
+        atomic_write(self.path(record["name"]), json.dumps(record, indent=1).encode())
 
     def load(self, name: str) -> Account | None:
         try:
-            record = json.loads(self.path(name).read_text())
-            record["expires"] = datetime.date.fromisoformat(record["expires"])
-            return Account(**record)
+            return account_from_record(json.loads(self.path(name).read_text()))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise JumpError(f"{self.path(name)}: unreadable state: {e!r}") from e
+        except (OSError, ValueError) as e:
+            raise JumpError(f"{self.path(name)}: unreadable state: {e}") from e
 
-    def all(self) -> list[Account]:
+    def all(self) -> tuple[list[Account], list[JumpError]]:
+        """Every account on record, and one error per state file that cannot be read:
+        one broken file hides no other account."""
         if not self.directory.exists():
-            return []
-        accounts = []
+            return [], []
+        accounts, errors = [], []
         for path in sorted(self.directory.glob("*.json")):
-            account = self.load(path.stem)
+            try:
+                account = self.load(path.stem)
+            except JumpError as e:
+                errors.append(e)
+                continue
             if account is not None:
                 accounts.append(account)
-        return accounts
+        return accounts, errors
 
     def delete(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -88,60 +97,49 @@ class StateStore:
 
 
 class AccountExecutor:
-    """Runs a plan. `account` carries the data the steps refer to by name."""
+    """Runs a plan: each step with the values it carries, nothing else (so a dry run's
+    printout is exactly what runs)."""
 
-    def __init__(self, config: JumpConfig, gate_command: str, audit_log: Path) -> None:
+    def __init__(self, config: JumpConfig, audit_log: Path) -> None:
         self.config = config
-        self.gate_command = gate_command
         self.state = StateStore(config.state_dir)
         self.audit_log = AuditLog(audit_log)
 
-    ACTIONS = frozenset(
-        {
-            "audit",
-            "create_user",
-            "delete_keys",
-            "delete_state",
-            "delete_user",
-            "ensure_group",
-            "kill_sessions",
-            "lock_account",
-            "lock_password",
-            "set_expiry",
-            "write_keys",
-            "write_state",
-        }
-    )
-
-    def run(self, steps: list[Step], account: Account | None) -> None:
-        """Run every step in order. An action outside ACTIONS is a JumpError before any
-        step runs. Without `account` (remove, sweep), the account's state is read first,
-        so the audit line still names its key and expiry once the state is deleted."""
-        # (a plan may hold several accounts' steps: sweep's does, one account after another)
-        unknown = sorted({s.action for s in steps} - self.ACTIONS)
+    def run(self, steps: list[Step], on_step: Callable[[Step], None] | None = None) -> None:
+        """Run every step in order; `on_step` hears of each before it runs. An action
+        outside ACTIONS is a JumpError before any step runs."""
+        unknown = sorted({s.action for s in steps} - ACTIONS)
         if unknown:
             raise JumpError(f"a plan holds unknown step(s): {', '.join(unknown)}")
-        known: dict[str, Account | None] = {}
-        if account is None:
-            for name in dict.fromkeys(step.account for step in steps):
-                with contextlib.suppress(JumpError):  # a broken state file: removed anyway
-                    known[name] = self.state.load(name)
         for step in steps:
-            action: Callable[[Step, Account | None], None] = getattr(self, step.action)
-            action(step, account or known.get(step.account))
+            if on_step is not None:
+                on_step(step)
+            if step.action in DESTRUCTIVE:
+                self.check_managed(step.account)
+            action: Callable[[Step], None] = getattr(self, step.action)
+            action(step)
+
+    def check_managed(self, name: str) -> None:
+        """Checked again right before a step takes an account away: a name that became
+        someone else's account since the plan was made is never touched."""
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            return  # gone already: nothing to lock, end or delete
+        if not is_managed(entry, self.config.group):
+            raise JumpError(f"refused: {name!r} is not an account proxyd manages")
 
     # one method per step action -----------------------------------------------------------
 
-    def ensure_group(self, step: Step, account: Account | None) -> None:
+    def ensure_group(self, step: Step) -> None:
         try:
-            grp.getgrnam(self.config.group)
+            grp.getgrnam(step.arg("group"))
         except KeyError:
-            _run("groupadd", "--system", self.config.group)
+            _run("groupadd", "--system", step.arg("group"))
 
-    def create_user(self, step: Step, account: Account | None) -> None:
-        assert account is not None
-        home = self.config.home_base / account.name
-        self.config.home_base.mkdir(parents=True, exist_ok=True)
+    def create_user(self, step: Step) -> None:
+        home = Path(step.arg("home"))
+        home.parent.mkdir(parents=True, exist_ok=True)
         _run(
             "useradd",
             "--create-home",
@@ -150,71 +148,60 @@ class AccountExecutor:
             "--shell",
             ACCOUNT_SHELL,
             "--groups",
-            self.config.group,
+            step.arg("group"),
             "--expiredate",
-            account.expires.isoformat(),
+            step.arg("expires"),
             "--comment",
             MARKER,
             "--",
-            account.name,
+            step.account,
         )
 
-    def lock_password(self, step: Step, account: Account | None) -> None:
+    def lock_password(self, step: Step) -> None:
         # '*': no password matches. Not usermod --lock's '!', which sshd without PAM reads
         # as a locked account and refuses even for a valid key.
         _run("usermod", "--password", "*", "--", step.account)
 
-    def write_keys(self, step: Step, account: Account | None) -> None:
+    def write_keys(self, step: Step) -> None:
         # Root-owned file in a root-owned folder: the partner can't edit or replace it,
         # and nothing here follows a path the partner controls.
-        assert account is not None
         keys_dir = self.config.keys_dir
         keys_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-        line = authorized_keys_line(account, self.gate_command).encode()
-        atomic_write(keys_dir / account.name, line, mode=0o644)
+        atomic_write(keys_dir / step.account, (step.arg("line") + "\n").encode(), mode=0o644)
 
-    def delete_keys(self, step: Step, account: Account | None) -> None:
+    def delete_keys(self, step: Step) -> None:
         with contextlib.suppress(FileNotFoundError):
             (self.config.keys_dir / step.account).unlink()
 
-    def write_state(self, step: Step, account: Account | None) -> None:
-        assert account is not None
-        self.state.save(account)
+    def write_state(self, step: Step) -> None:
+        self.state.save(dict(step.args))
 
-    def set_expiry(self, step: Step, account: Account | None) -> None:
-        assert account is not None
-        _run("chage", "--expiredate", account.expires.isoformat(), "--", account.name)
+    def set_expiry(self, step: Step) -> None:
+        _run("chage", "--expiredate", step.arg("expires"), "--", step.account)
 
-    def lock_account(self, step: Step, account: Account | None) -> None:
+    def lock_account(self, step: Step) -> None:
         with contextlib.suppress(KeyError):
             pwd.getpwnam(step.account)
             _run("usermod", "--lock", "--expiredate", "1", "--", step.account)
 
-    def kill_sessions(self, step: Step, account: Account | None) -> None:
+    def kill_sessions(self, step: Step) -> None:
         # pkill exits 1 when nothing matched: not an error here. Twice, to catch a session
         # that was forking while we looked.
         for _ in range(2):
             subprocess.run(["pkill", "-KILL", "-u", step.account], capture_output=True, timeout=30)
             time.sleep(0.1)
 
-    def delete_user(self, step: Step, account: Account | None) -> None:
+    def delete_user(self, step: Step) -> None:
         with contextlib.suppress(KeyError):
             pwd.getpwnam(step.account)
             _run("userdel", "--remove", "--", step.account)
 
-    def delete_state(self, step: Step, account: Account | None) -> None:
+    def delete_state(self, step: Step) -> None:
         self.state.delete(step.account)
 
-    def audit(self, step: Step, account: Account | None) -> None:
-        known = account or self.state.load(step.account)
-        record = grant_record(
-            "jump",
-            step.detail,
-            step.account,
-            operator(),
-            time.time(),
-            fingerprint=known.fingerprint if known else None,
-            expires=known.expires.isoformat() if known else None,
-            reason=known.note if known else None,
+    def audit(self, step: Step) -> None:
+        facts = dict(step.args)
+        action = facts.pop("action")
+        self.audit_log.write(
+            grant_record("jump", action, step.account, operator(), time.time(), **facts)
         )
-        self.audit_log.write(record)

@@ -749,6 +749,8 @@ def test_every_user_change_is_one_audit_line_without_secrets(site: Site) -> None
             "ACME, t42",
             "--group",
             "acme",
+            "--owner",
+            "ACME GmbH",
             stdin=password + "\n",
         ).returncode
         == 0
@@ -756,7 +758,7 @@ def test_every_user_change_is_one_audit_line_without_secrets(site: Site) -> None
     assert (
         site.users("passwd", "alice", "--password-stdin", stdin="second-password\n").returncode == 0
     )
-    assert site.users("renew", "alice", "--expires", IN_60).returncode == 0
+    assert site.users("renew", "alice", "--expires", IN_60, "--owner", "Beta AG").returncode == 0
     assert site.users("groups", "alice").returncode == 0
     assert site.users("list").returncode == 0  # not a change: no line
     assert site.users("remove", "alice").returncode == 0
@@ -767,6 +769,13 @@ def test_every_user_change_is_one_audit_line_without_secrets(site: Site) -> None
     assert records[0]["expires"] == IN_30 and records[0]["groups"] == "acme"
     assert records[0]["reason"] == "ACME, t42"
     assert records[2]["expires"] == IN_60 and "groups" not in records[3]
+    # Who it is for, who made it and when: set by add, kept by passwd, owner set by renew.
+    assert [r["owner"] for r in records[:4]] == ["ACME GmbH", "ACME GmbH", "Beta AG", "Beta AG"]
+    assert "owner" not in records[4]  # removed: nothing left to describe
+    assert {r["created_at"] for r in records[:4]} == {records[0]["created_at"]}
+    assert {r["created_by"] for r in records[:4]} == {records[0]["operator"]}
+    made = datetime.datetime.fromisoformat(records[0]["created_at"])
+    assert abs((datetime.datetime.now(datetime.UTC) - made).total_seconds()) < 300
     text = log.read_text()
     stored = site.users_file.read_text()
     assert password not in text and "second-password" not in text
@@ -801,7 +810,7 @@ def test_unknown_groups_are_refused_by_users_add(site: Site) -> None:
     [
         (["--expires", "2099-01-01"], "more than grants.max_lifetime (90 days) away"),
         (["--expires", "2020-01-01"], "has passed already"),
-        (["--no-expiry"], "needs a reason (--note)"),
+        (["--no-expiry"], "needs a reason (--reason)"),
         ([], "one of the arguments --expires --no-expiry is required"),
     ],
 )

@@ -11,6 +11,7 @@ from proxy.core import config
 from proxy.core.jump import (
     Account,
     JumpError,
+    account_from_record,
     authorized_keys_line,
     check_expiry,
     check_name,
@@ -22,6 +23,7 @@ from proxy.core.jump import (
 )
 
 TODAY = datetime.date(2026, 11, 22)
+NOW = datetime.datetime(2026, 11, 22, 15, 0, tzinfo=datetime.UTC).timestamp()
 GATE = "/opt/proxyd/.venv/bin/proxyd jump-gate --config /etc/proxyd/proxyd.yaml"
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK3rlvWwQknUkfghp9beIzvUNqdS1RWxB3Gg5FrEM+hF a@b"
 
@@ -69,7 +71,19 @@ def test_existing_unmanaged_account_is_never_taken_over() -> None:
 )
 def test_bad_expiry(text: str) -> None:
     with pytest.raises(JumpError):
-        check_expiry(text, TODAY)
+        check_expiry(text, NOW, 90)
+
+
+def test_expiry_within_max_lifetime() -> None:
+    assert check_expiry("2026-11-23", NOW, 90) == datetime.date(2026, 11, 23)
+    # It may run through the day 90 days on: the first day refused is the 91st.
+    assert check_expiry("2027-02-21", NOW, 90) == datetime.date(2027, 2, 21)
+    with pytest.raises(JumpError, match=r"more than grants.max_lifetime \(90 days\)"):
+        check_expiry("2027-02-22", NOW, 90)
+    with pytest.raises(JumpError, match=r"\(7 days\)"):
+        check_expiry("2026-12-01", NOW, 7)
+    with pytest.raises(JumpError, match="passed already"):
+        check_expiry("2026-11-22", NOW, 90)
 
 
 def test_key_lines_per_profile() -> None:
@@ -89,7 +103,60 @@ def test_add_plan_order_and_dry_run_text() -> None:
         "write_state",
         "audit",
     ]
-    assert "home=/home/acme-alice expires=2027-03-31" in str(steps[1])
+    assert str(steps[1]) == (
+        "create_user    acme-alice home=/home/acme-alice group=proxyd-jump expires=2027-03-31"
+    )
+    # Each step carries every value its executor uses: the state record in full, the key
+    # line as written, the audit line's facts.
+    assert account_from_record(dict(steps[4].args)) == account()
+    assert steps[3].arg("line") == authorized_keys_line(account(), GATE).rstrip("\n")
+    assert dict(steps[5].args) == {
+        "action": "add",
+        "expires": "2027-03-31",
+        "fingerprint": "SHA256:x",
+    }
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        [],
+        {"name": "x"},
+        {"name": "x", "profile": "tunnel", "expires": 5, "note": "", "fingerprint": "", "key": ""},
+        {
+            "name": "x",
+            "profile": "tunnel",
+            "expires": "soon",
+            "note": "",
+            "fingerprint": "",
+            "key": "",
+        },
+        {
+            "name": "x",
+            "profile": "tunnel",
+            "expires": "2027-01-01",
+            "note": "",
+            "fingerprint": "",
+            "key": "",
+            "extra": "field",
+        },
+    ],
+)
+def test_a_broken_state_record_is_a_value_error(record: object) -> None:
+    with pytest.raises(ValueError):
+        account_from_record(record)
+
+
+def test_a_record_from_before_owners_reads_with_empty_ones() -> None:
+    old = {
+        "name": "x",
+        "profile": "tunnel",
+        "expires": "2027-01-01",
+        "note": "n",
+        "fingerprint": "f",
+        "key": "k",
+    }
+    assert account_from_record(old).owner == ""
 
 
 def test_sweep_plans_only_expired_accounts() -> None:

@@ -288,3 +288,43 @@ def test_groups_round_trip() -> None:
     text = format_users([bob])
     assert text.splitlines()[1].endswith("::acme,beta")
     assert parse_users(text, "users")["bob"].groups == ("acme", "beta")
+
+
+def test_owner_and_creator_round_trip_with_awkward_characters() -> None:
+    import dataclasses
+
+    from proxy.core.users import parse_instant
+
+    made = parse_instant("20261205T060102Z")
+    bob = dataclasses.replace(
+        make_user("bob", "proxyd", "bobsecret1"),
+        owner="ACME: Ops 100%",
+        created_by="jane:doe",
+        created_at=made,
+    )
+    line = format_users([bob]).splitlines()[1]
+    assert line.count(":") == 9 and line.endswith(":ACME%3A Ops 100%25:jane%3Adoe:20261205T060102Z")
+    assert parse_users(format_users([bob]), "users")["bob"] == bob
+
+
+@pytest.mark.parametrize("fields", [8, 9])
+def test_a_half_written_creator_is_a_located_error(fields: int) -> None:
+    line = ":".join(["bob", "proxyd", MD5, SHA, "", "", "", "ACME", "jane"][:fields])
+    with pytest.raises(ConfigError, match="users:1: expected name:realm"):
+        parse_users(line + "\n", "users")
+
+
+def test_a_bad_created_at_is_a_located_error() -> None:
+    line = f"bob:proxyd:{MD5}:{SHA}::::ACME:jane:2026-12-05T06:00"
+    with pytest.raises(ConfigError, match="expected"):  # its colons make it 13 fields
+        parse_users(line + "\n", "users")
+    line = f"bob:proxyd:{MD5}:{SHA}::::ACME:jane:yesterday"
+    with pytest.raises(ConfigError, match="users:1: user 'bob': created_at: not an instant"):
+        parse_users(line + "\n", "users")
+
+
+def test_a_file_from_before_owners_is_still_proxyd_s() -> None:
+    from proxy.core.users import written_by_proxyd
+
+    old = "# proxyd users file: name:realm:md5-ha1:sha256-ha1[:expires[:note[:groups]]] (w)\n"
+    assert written_by_proxyd(old) and written_by_proxyd(format_users([]))

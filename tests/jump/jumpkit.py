@@ -760,3 +760,29 @@ def refused_lines(stderr: str) -> list[str]:
 
 def files_in(directory: Path) -> list[Path]:
     return sorted(directory.rglob("*")) if directory.exists() else []
+
+
+def sweep_at(jump: JumpHost, day: datetime.date, *extra: str) -> subprocess.CompletedProcess[str]:
+    """`proxyd jump sweep` as if today (UTC) were `day`: the CLI with its clock replaced.
+    (Accounts cannot be added with a past date, so time has to pass for the sweeper.)"""
+    code = (
+        "import datetime, sys\n"
+        "import proxy.cli.jump as j\n"
+        "assert hasattr(j, '_today'), 'proxy.cli.jump._today is gone: update this test'\n"
+        "j._today = lambda: datetime.date.fromisoformat(sys.argv[1])\n"
+        "from proxy.cli.main import main\n"
+        "sys.exit(main(sys.argv[2:]))\n"
+    )
+    return run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            day.isoformat(),
+            "jump",
+            "--config",
+            str(jump.config_path),
+            "sweep",
+            *extra,
+        ]
+    )

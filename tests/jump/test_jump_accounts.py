@@ -16,7 +16,6 @@ import pwd
 import re
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -34,6 +33,7 @@ from jumpkit import (
     run,
     shadow_expire_day,
     shadow_password,
+    sweep_at,
     today_utc,
     user_exists,
     wait_until,
@@ -53,32 +53,6 @@ def _nothing_written(jump: JumpHost, name: str) -> None:
     written = list(jump.state_dir.glob("*")) if jump.state_dir.exists() else []
     assert written == [], f"state files were written: {written}"
     assert jump.audit() == [], "an audit line was written"
-
-
-def _sweep_at(jump: JumpHost, day: datetime.date, *extra: str) -> subprocess.CompletedProcess[str]:
-    """`proxyd jump sweep` as if today (UTC) were `day`: the CLI with its clock replaced.
-    (Accounts cannot be added with a past date, so time has to pass for the sweeper.)"""
-    code = (
-        "import datetime, sys\n"
-        "import proxy.cli.jump as j\n"
-        "assert hasattr(j, '_today'), 'proxy.cli.jump._today is gone: update this test'\n"
-        "j._today = lambda: datetime.date.fromisoformat(sys.argv[1])\n"
-        "from proxy.cli.main import main\n"
-        "sys.exit(main(sys.argv[2:]))\n"
-    )
-    return run(
-        [
-            sys.executable,
-            "-c",
-            code,
-            day.isoformat(),
-            "jump",
-            "--config",
-            str(jump.config_path),
-            "sweep",
-            *extra,
-        ]
-    )
 
 
 # --------------------------------------------------------------------------- add
@@ -489,10 +463,10 @@ def test_sweep_removes_expired_accounts_and_ends_their_sessions(jump: JumpHost) 
     jump.start_sshd()
     session = _held_session(jump, expiring, key)
     uid = pwd.getpwnam(expiring).pw_uid
-    today = _sweep_at(jump, today_utc())
+    today = sweep_at(jump, today_utc())
     assert today.returncode == 0, today.stderr
     assert user_exists(expiring) and session.poll() is None, "nothing expired yet"
-    later = _sweep_at(jump, days_ahead(1))
+    later = sweep_at(jump, days_ahead(1))
     assert later.returncode == 0, later.stderr
     assert expiring in later.stdout and staying not in later.stdout
     wait_until(lambda: session.poll() is not None, 20, "the expired account's session to end")
@@ -511,7 +485,7 @@ def test_sweep_removes_expired_accounts_and_ends_their_sessions(jump: JumpHost) 
 def test_sweep_dry_run_changes_nothing(jump: JumpHost) -> None:
     name, _ = jump.add("old", expires=days_ahead(1))
     lines_before = len(jump.audit())
-    proc = _sweep_at(jump, days_ahead(1) + datetime.timedelta(days=1), "--dry-run")
+    proc = sweep_at(jump, days_ahead(1) + datetime.timedelta(days=1), "--dry-run")
     assert proc.returncode == 0 and name in proc.stdout, proc.stderr
     assert user_exists(name) and (jump.home_base / name).exists()
     assert len(jump.audit()) == lines_before
