@@ -28,7 +28,7 @@ def method_name(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     from pathlib import Path
 
-    from proxy.cli import check, connect, jump, relay, serve, users
+    from proxy.cli import check, connect, grants, jump, relay, serve, users
     from proxy.core.config import DEFAULT_CONFIG
 
     parser = argparse.ArgumentParser(
@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=check.run_pac)
 
     users.add_parser(sub)
+    grants.add_parser(sub)
     jump.add_parser(sub)
     connect.configure(sub.add_parser("connect", help=connect.HELP))
     relay.configure(sub.add_parser("relay", help=relay.HELP))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 
 from proxy.core.digest import UserSecrets
+from proxy.core.policy import TrustedSource
 from proxy.core.users import format_date
 
 
@@ -53,3 +54,23 @@ def user_record(
 
 def iso_instant(moment: float) -> str:
     return datetime.datetime.fromtimestamp(moment, datetime.UTC).isoformat(timespec="seconds")
+
+
+def trusted_record(
+    action: str, source: TrustedSource, operator: str, when: float, via: str
+) -> dict[str, str]:
+    """A trusted source's change, noticed by the proxy (`via`: the config at start, a
+    reload, or the clock for an expiry): the config file is edited by hand, so who edited
+    it is not known; `operator` is the proxy's own user."""
+    return grant_record(
+        "trusted_source",
+        action,
+        source.name,
+        operator,
+        when,
+        cidr=str(source.network),
+        owner=source.owner,
+        reason=source.reason,
+        expires=iso_instant(source.expires),
+        via=via,
+    )

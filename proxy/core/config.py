@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import re
+import time
 from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from proxy.core import yamlloc
 from proxy.core.addresses import parse_port, split_hostport
 from proxy.core.digest import ALGORITHMS
 from proxy.core.errors import BadDestination, ConfigError
+from proxy.core.grants import checked_expiry
 from proxy.core.policy import AddressSet, AuthMode, Policy, PortRange, Rule, TrustedSource
 from proxy.core.throttle import BucketSpec, ThrottleLimits
 from proxy.core.users import GROUP_RE, USERNAME_RE
@@ -60,7 +62,7 @@ SCHEMA: Schema = {
     },
     "tls_listen": None,
     "audit_log": None,
-    "grants": {"max_lifetime": None},
+    "grants": {"max_lifetime": None, "last_use_file": None},
     "tls": {"certificate": None, "key": None},
     "dns": {"hosts_file": None, "timeout": None},
     "zones": None,
@@ -123,6 +125,8 @@ def _known(*section: str) -> frozenset[str]:
 
 TOP_LEVEL_KEYS = _known()
 DEFAULT_AUDIT_LOG = Path("/var/log/proxyd/audit.log")
+# In the proxy's own state folder (the systemd unit's StateDirectory=proxyd/proxy).
+DEFAULT_LAST_USE_FILE = Path("/var/lib/proxyd/proxy/last-use.json")
 _METHOD_RE = re.compile(r"^[A-Za-z]{1,20}$")
 _DOMAIN_RE = re.compile(
     r"^\.?([a-zA-Z0-9_]([a-zA-Z0-9_-]{0,61}[a-zA-Z0-9_])?\.)*[a-zA-Z0-9-]{1,63}$"
@@ -225,6 +229,7 @@ class Config:
     tls_listen: tuple[str, int] | None = None  # the TLS listener (`https://host:port`)
     audit_log: Path = DEFAULT_AUDIT_LOG  # every grant change, JSON lines
     max_lifetime_days: int = 90  # grants.max_lifetime: the longest a grant may run
+    last_use_file: Path | None = DEFAULT_LAST_USE_FILE  # grants.last_use_file (false: None)
     tls: TlsConfig | None = None  # also serves a TLS handshake on the plain port
     groups: Mapping[str, str] = field(default_factory=dict)  # group name -> its owner
 
@@ -426,10 +431,11 @@ def _port_range(value: Any) -> PortRange:
 
 
 class _Builder:
-    def __init__(self, doc: Located, source: Path) -> None:
+    def __init__(self, doc: Located, source: Path, now: float) -> None:
         self.c = _Checker(doc)
         self.source = source
         self.base = source.parent
+        self.now = now  # what "within grants.max_lifetime" counts from
 
     def path(self, value: Any) -> Path:
         p = Path(_string(value))
@@ -456,6 +462,11 @@ class _Builder:
         audit_log = c.field(top, (), "audit_log", self.path, DEFAULT_AUDIT_LOG)
         grants = c.mapping(top.get("grants"), ("grants",), _known("grants"))
         max_lifetime = c.field(grants, ("grants",), "max_lifetime", _integer(1, 3650), 90)
+        last_use_file: Path | None = None  # `last_use_file: false`: not kept
+        if grants.get("last_use_file") is not False:
+            last_use_file = c.field(
+                grants, ("grants",), "last_use_file", self.path, DEFAULT_LAST_USE_FILE
+            )
         dns = c.mapping(top.get("dns"), ("dns",), _known("dns"))
         hosts_file = c.field(dns, ("dns",), "hosts_file", self.path)
         dns_timeout = c.field(dns, ("dns",), "timeout", _seconds, 5.0)
@@ -477,7 +488,7 @@ class _Builder:
             else:
                 pac_domains.append(domain.lower())
         zones = self.zones(top.get("zones"))
-        trusted = self.trusted_sources(top.get("trusted_sources"), zones)
+        trusted = self.trusted_sources(top.get("trusted_sources"), zones, max_lifetime or 90)
         groups = self.groups(top.get("groups"))
         rules = self.rules(top.get("rules"), zones, trusted, groups)
         if c.errors:
@@ -507,6 +518,7 @@ class _Builder:
             groups=groups,
             audit_log=audit_log or DEFAULT_AUDIT_LOG,
             max_lifetime_days=max_lifetime or 90,
+            last_use_file=last_use_file,
         )
 
     def tls(
@@ -665,8 +677,10 @@ class _Builder:
         return zones
 
     def trusted_sources(
-        self, value: Any, zones: dict[str, netaddr.IPSet]
+        self, value: Any, zones: dict[str, netaddr.IPSet], max_lifetime: int
     ) -> dict[str, TrustedSource]:
+        """Each entry expires within grants.max_lifetime (one that has expired already is
+        valid and matches nothing: check-config says so)."""
         c, out = self.c, {}
         known = _known("trusted_sources")
         for i, item in enumerate(c.items(value, ("trusted_sources",))):
@@ -688,6 +702,11 @@ class _Builder:
                         f"{network} is broader than /{limit}: large segments are never "
                         "whitelisted (set allow_broad: true to override)",
                     )
+            if expires is not None and expires > self.now:
+                try:
+                    checked_expiry(expires, reason or "", self.now, max_lifetime)
+                except ValueError as e:
+                    c.error((*path, "expires"), str(e))
             if name is None or network is None or owner is None or reason is None:
                 continue
             if expires is None:
@@ -860,9 +879,11 @@ class _Builder:
         return out
 
 
-def parse(text: str, source: Path) -> Config:
-    """Validate a config document. Raises ConfigError listing every problem."""
-    return _Builder(yamlloc.load(text, str(source)), source).build()
+def parse(text: str, source: Path, now: float | None = None) -> Config:
+    """Validate a config document. Raises ConfigError listing every problem. `now` is
+    what grant lifetimes are counted from (default: the clock)."""
+    when = time.time() if now is None else now
+    return _Builder(yamlloc.load(text, str(source)), source, when).build()
 
 
 def load(path: Path) -> Config:

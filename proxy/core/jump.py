@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from proxy.core.config import JumpConfig
-from proxy.core.grants import checked_expiry
+from proxy.core.grants import GrantView, checked_expiry, state_of
 from proxy.core.policy import Policy
 from proxy.core.users import BadUserInput, parse_date
 
@@ -100,6 +100,22 @@ class Account:
             "created_at": self.created_at,
         }
         return tuple((k, v) for k, v in facts.items() if v)
+
+
+def account_view(account: Account, now: float, within: float) -> GrantView:
+    """A jump account as a grant; its last use is not known (sshd records no login for
+    a session without a terminal)."""
+    expires = parse_date(account.expires.isoformat())
+    return GrantView(
+        "jump",
+        account.name,
+        state_of(expires, False, now, within),
+        account.owner,
+        account.note,
+        expires,
+        None,
+        (("profile", account.profile), ("key", account.fingerprint)),
+    )
 
 
 def check_name(name: str, existing_unmanaged: bool) -> str:

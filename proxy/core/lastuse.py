@@ -42,9 +42,13 @@ def merge(*all_uses: Mapping[tuple[str, str], float]) -> Uses:
     """The latest use of each grant across several records of it (workers, a file)."""
     merged: Uses = {}
     for uses in all_uses:
-        for key, when in uses.items():
-            merged[key] = max(when, merged.get(key, when))
+        merge_into(merged, uses)
     return merged
+
+
+def merge_into(target: Uses, uses: Mapping[tuple[str, str], float]) -> None:
+    for key, when in uses.items():
+        target[key] = max(when, target.get(key, when))
 
 
 def format_uses(uses: Mapping[tuple[str, str], float]) -> bytes:

@@ -77,6 +77,8 @@ def check_note(note: str) -> str:
         raise BadUserInput(f"note too long: at most {MAX_NOTE} characters")
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in note):
         raise BadUserInput("note contains control characters")
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in note):  # argv's undecodable bytes
+        raise BadUserInput("note is not valid UTF-8")
     return note
 
 

@@ -12,7 +12,8 @@ def operator() -> str:
     """Who runs this command: the sudo caller, else the login name, else the uid's name."""
     for variable in ("SUDO_USER", "LOGNAME"):
         if value := os.environ.get(variable, "").strip():
-            return value
+            # Bytes that are not UTF-8 arrive as surrogates: record them replaced.
+            return os.fsencode(value).decode("utf-8", "replace")
     try:
         return pwd.getpwuid(os.getuid()).pw_name
     except KeyError:

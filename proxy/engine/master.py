@@ -31,6 +31,7 @@ from proxy.engine.mitm_internals import ErrorAnswers, Listener, Master, Proxyser
 from proxy.front.tunnel import TunnelFront
 from proxy.service.admin import AdminServer
 from proxy.service.certificates import CHECK_INTERVAL, Certificates
+from proxy.service.grantwatch import WATCH_INTERVAL, GrantWatch
 from proxy.service.metrics import Metrics, register_process_metrics
 from proxy.service.recorder import Recorder
 from proxy.service.runtime import Runtime, build_runtime
@@ -63,6 +64,9 @@ class Lifecycle:
         self.failed = False
         self.certificate_checks: asyncio.Task[None] | None = None
         self.revocation: asyncio.Task[None] | None = None
+        self.grant_watch: asyncio.Task[None] | None = None
+        audits = role is None or role.index == 0  # one writer of grant audit lines
+        self.grants = GrantWatch(addon.recorder, audits, time.time())
 
     async def revoke_continuously(self) -> None:
         """Removing, locking, expiring or changing the password of a user ends that user's
@@ -77,6 +81,20 @@ class Lifecycle:
                 sessions.sweep(runtime.users.lookup, time.time())
             except Exception:  # the sweep goes on: log, and look again
                 log.exception("revocation sweep failed")
+
+    async def watch_grants(self) -> None:
+        """Last use, and the audit lines of expiries and trusted-source changes
+        (service/grantwatch.py); the file writes run off the event loop."""
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            runtime = self.addon.runtime
+            try:
+                runtime.users.check_now()
+                uses = self.grants.look(runtime, time.time())
+                if uses:
+                    await asyncio.to_thread(self.grants.write_uses, runtime.config, uses)
+            except Exception:  # the watch goes on: log, and look again
+                log.exception("grant watch failed")
 
     async def check_certificates(self, certificates: Certificates) -> None:
         """Rotation without a signal (certbot, cert-manager): look at the files every
@@ -113,6 +131,7 @@ class Lifecycle:
         self.listening = True
         self.addon.runtime.ports = Listener.bound_ports()
         self.revocation = asyncio.get_running_loop().create_task(self.revoke_continuously())
+        self.grant_watch = asyncio.get_running_loop().create_task(self.watch_grants())
         if self.addon.certificates is not None:
             self.certificate_checks = asyncio.get_running_loop().create_task(
                 self.check_certificates(self.addon.certificates)
@@ -160,9 +179,10 @@ class Lifecycle:
 
     async def done(self) -> None:
         self.listening = False
-        for task in (self.certificate_checks, self.revocation):
+        for task in (self.certificate_checks, self.revocation, self.grant_watch):
             if task is not None:
                 task.cancel()
+        self.grants.write_uses(self.addon.runtime.config, self.addon.recorder.take_uses())
         for server in Listener.servers:
             await server.end_connections()  # the front's: mitmproxy ends only its own
         Listener.servers.clear()
@@ -234,6 +254,7 @@ def build_master(
     tunnels: dict[str, Exchange] = {}
     server = Proxyserver()
     recorder = Recorder(metrics, access_log, cfg.access_log.format)
+    recorder.trusted = cfg.trusted_sources
     addon = ProxydAddon(runtime, recorder, tunnels, server)
     if cfg.tls is not None:
         addon.certificates = Certificates(cfg.tls, metrics)  # ConfigError: no start

@@ -853,3 +853,18 @@ def test_max_lifetime_is_configurable(site: Site) -> None:
     site.config.write_text(site.config.read_text() + "grants: {max_lifetime: 7}\n")
     result = site.users("add", "alice", "--password-stdin", stdin="a-good-password\n")
     assert result.returncode == 1 and "(7 days)" in result.stderr
+
+
+@pytest.mark.parametrize("option", ["--reason", "--owner"])
+def test_a_reason_or_owner_that_is_not_utf8_is_refused(site: Site, option: str) -> None:
+    """argv bytes that are not UTF-8 reach Python as surrogates: refused, never a crash."""
+    result = site.users(
+        "add",
+        "alice",
+        "--password-stdin",
+        option,
+        os.fsdecode(b"ACME \xff"),
+        stdin="a-good-password\n",
+    )
+    assert result.returncode == 1 and "not valid UTF-8" in result.stderr, result.stderr
+    assert not site.users_file.exists() or "alice:" not in site.users_file.read_text()

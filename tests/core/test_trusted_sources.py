@@ -19,10 +19,11 @@ rules:
   - {name: t, from: [%s], to: [test], ports: [443], auth: none}
 """
 EXPIRES = 1_900_000_000.0  # 2030-03-17T17:46:40Z
+NOW = 1_895_000_000.0  # 2030-01-18: the dates here lie within grants.max_lifetime
 
 
 def parse(entries: str, sources: str = "p") -> config.Config:
-    return config.parse(BASE % (entries, sources), Path("t.yaml"))
+    return config.parse(BASE % (entries, sources), Path("t.yaml"), now=NOW)
 
 
 def errors(entries: str, sources: str = "p") -> list[str]:
@@ -50,6 +51,7 @@ def test_date_expiry_means_start_of_that_day_utc() -> None:
         BASE
         % ("  - {name: p, cidr: 198.51.100.7/32, owner: o, reason: r, expires: 2030-01-02}", "p"),
         Path("t.yaml"),
+        now=NOW,
     )
     assert cfg.trusted_sources[0].expires == 1893542400.0  # 2030-01-02T00:00:00Z
 
@@ -105,5 +107,5 @@ def test_trusted_source_cannot_be_a_destination() -> None:
     text = BASE % (ENTRY % ("198.51.100.7/32", ""), "any")
     text = text.replace("to: [test]", "to: [p]")
     with pytest.raises(ConfigError) as e:
-        config.parse(text, Path("t.yaml"))
+        config.parse(text, Path("t.yaml"), now=NOW)
     assert "rules[0].to[0]: unknown zone 'p'" in e.value.problems[0]

@@ -302,7 +302,7 @@ def test_container_config_differs_from_the_reference_only_where_documented(
         for key in set(reference) | set(container_config)
         if reference.get(key) != container_config.get(key)
     }
-    assert differing == {"admin_listen", "audit_log", "auth", "drain_timeout"}, differing
+    assert differing == {"admin_listen", "audit_log", "auth", "drain_timeout", "grants"}, differing
     ref_auth, auth = reference["auth"], container_config["auth"]
     assert isinstance(auth, dict)
     assert {k for k in ref_auth if ref_auth[k] != auth[k]} == {"users_file", "nonce_secret_file"}

@@ -602,6 +602,7 @@ def write_proxyd_config(
         "drain_timeout": 2,
         "realm": REALM,
         "audit_log": "audit.log",
+        "grants": {"last_use_file": "last-use.json"},
         "auth": {
             "users_file": "users.digest",
             "nonce_secret_file": "nonce.secret",
