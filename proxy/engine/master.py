@@ -249,7 +249,11 @@ def build_master(
     master = Master(opts)
     metrics = Metrics()
     if role is None:  # a worker's supervisor has these
-        register_process_metrics(metrics.registry, lambda: addon.runtime.users.all())
+        register_process_metrics(
+            metrics.registry,
+            lambda: addon.runtime.users.all(),
+            lambda: addon.runtime.config.trusted_sources,
+        )
     access_log = LogFile(cfg.access_log.path)
     tunnels: dict[str, Exchange] = {}
     server = Proxyserver()

@@ -17,17 +17,25 @@ from prometheus_client.registry import Collector
 from proxy import __version__
 from proxy.core.digest import UserSecrets
 from proxy.core.grants import STATES, state_of
+from proxy.core.policy import TrustedSource
 
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 class GrantCollector(Collector):
-    """Each proxy user's expiry and the users by state, read from the users file at scrape
-    time. The `name` label is the one place a user name is a label: the operator's list
-    of grants bounds it, as it bounds the users file."""
+    """Each proxy user's and trusted source's expiry, and the grants by kind and state,
+    read from the users file and the config at scrape time. The `name` label is the one
+    place a user name is a label: the operator's list of grants bounds it, as it bounds
+    the users file. Jump accounts are not here: their state is root's, out of the proxy's
+    reach (`proxyd grants`, run as root, lists them)."""
 
-    def __init__(self, users: Callable[[], Collection[UserSecrets]]) -> None:
+    def __init__(
+        self,
+        users: Callable[[], Collection[UserSecrets]],
+        trusted: Callable[[], Collection[TrustedSource]],
+    ) -> None:
         self.users = users
+        self.trusted = trusted
 
     def collect(self) -> Iterable[Metric]:
         now = time.time()
@@ -36,22 +44,27 @@ class GrantCollector(Collector):
             "When each grant expires (seconds since the epoch); grants without expiry absent",
             labels=["kind", "name"],
         )
-        counts = dict.fromkeys(STATES, 0)
-        for user in self.users():
-            counts[state_of(user.expires, user.locked, now)] += 1
-            if user.expires is not None:
-                expiry.add_metric(["user", user.name], user.expires)
         by_state = GaugeMetricFamily(
             "proxyd_grants", "Grants by kind and state", labels=["kind", "state"]
         )
-        for state, count in counts.items():
-            by_state.add_metric(["user", state], count)
+        grants = [("user", u.name, u.expires, u.locked) for u in self.users()]
+        grants += [("trusted_source", t.name, t.expires, False) for t in self.trusted()]
+        for kind in ("user", "trusted_source"):
+            counts = dict.fromkeys(STATES, 0)
+            for _, name, expires, locked in (g for g in grants if g[0] == kind):
+                counts[state_of(expires, locked, now)] += 1
+                if expires is not None:
+                    expiry.add_metric([kind, name], expires)
+            for state, count in counts.items():
+                by_state.add_metric([kind, state], count)
         yield expiry
         yield by_state
 
 
 def register_process_metrics(
-    registry: CollectorRegistry, users: Callable[[], Collection[UserSecrets]]
+    registry: CollectorRegistry,
+    users: Callable[[], Collection[UserSecrets]],
+    trusted: Callable[[], Collection[TrustedSource]] = tuple,
 ) -> None:
     """The users gauge, the grants and the build info: one per serving process, read at
     scrape time. Under `serve --workers N` the supervisor registers them (they can't be
@@ -59,7 +72,7 @@ def register_process_metrics(
     files)."""
     gauge = Gauge("proxyd_users", "Users configured (usable in the realm)", registry=registry)
     gauge.set_function(lambda: float(len(users())))
-    registry.register(GrantCollector(users))
+    registry.register(GrantCollector(users, trusted))
     Info("proxyd_build", "proxyd build information", registry=registry).info(
         {"version": __version__}
     )

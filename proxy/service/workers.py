@@ -36,6 +36,7 @@ from proxy.core.addresses import format_hostport
 from proxy.core.config import Config
 from proxy.core.digest import UserSecrets
 from proxy.core.errors import ConfigError
+from proxy.core.policy import TrustedSource
 from proxy.effects.files import atomic_write
 from proxy.service.admin import AdminServer
 from proxy.service.metrics import register_process_metrics
@@ -88,10 +89,15 @@ class SupervisorMetrics:
     """The admin listener's registry: the workers' metrics summed from their multiprocess
     files, plus what only the supervisor knows."""
 
-    def __init__(self, directory: Path, users: Callable[[], Collection[UserSecrets]]) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        users: Callable[[], Collection[UserSecrets]],
+        trusted: Callable[[], Collection[TrustedSource]],
+    ) -> None:
         self.registry = CollectorRegistry()
         MultiProcessCollector(self.registry, path=str(directory))
-        register_process_metrics(self.registry, users)
+        register_process_metrics(self.registry, users, trusted)
         self.workers = Gauge("proxyd_workers", "Worker processes serving", registry=self.registry)
         self.restarts = Counter(
             "proxyd_worker_restarts", "Workers started again after dying", registry=self.registry
@@ -113,7 +119,11 @@ class Supervisor:
             raise ConfigError(
                 [f"--workers needs a writable temporary folder (TMPDIR) for metrics: {e}"]
             ) from e
-        self.metrics = SupervisorMetrics(self.metrics_dir, lambda: self.runtime.users.all())
+        self.metrics = SupervisorMetrics(
+            self.metrics_dir,
+            lambda: self.runtime.users.all(),
+            lambda: self.runtime.config.trusted_sources,
+        )
         self.admin = AdminServer(self.metrics.registry, ready=self.all_ready)
         self.stopping = False
         self.stopped = asyncio.Event()

@@ -48,13 +48,15 @@ def test_the_grant_metrics() -> None:
         UserSecrets("dave", "proxyd", {}),
     ]
     registry = CollectorRegistry()
-    register_process_metrics(registry, lambda: users)
+    register_process_metrics(registry, lambda: users, lambda: [_source("office", now + DAY)])
     text = generate_latest(registry).decode()
     assert "proxyd_users 4.0" in text
     assert 'proxyd_grant_expiry_timestamp_seconds{kind="user",name="alice"} ' in text
     assert 'name="dave"' not in text  # no expiry, no series
     for state, count in (("active", 2), ("expired", 1), ("locked", 1), ("expiring", 0)):
         assert f'proxyd_grants{{kind="user",state="{state}"}} {count}.0' in text
+    assert 'proxyd_grants{kind="trusted_source",state="expiring"} 1.0' in text
+    assert 'proxyd_grant_expiry_timestamp_seconds{kind="trusted_source",name="office"}' in text
 
 
 # --- what the grant watch and `proxyd grants` compute --------------------------------

@@ -13,6 +13,9 @@ pytestmark = pytest.mark.timeout(120)
 PARTNER_SOURCE = "127.0.0.20"
 
 
+IN_30 = (datetime.date.today() + datetime.timedelta(days=30)).isoformat()  # < max_lifetime
+
+
 def entry(name: str, expires: object, cidr: str = f"{PARTNER_SOURCE}/32") -> dict[str, object]:
     return {
         "name": name,
@@ -43,7 +46,7 @@ def test_trusted_source_reaches_zone_without_auth_others_do_not(
     proxyd_factory, origins: Origins, client_env: dict[str, str]
 ) -> None:
     proxyd = proxyd_factory(
-        trusted_sources=[entry("acme", "2099-01-01")],
+        trusted_sources=[entry("acme", IN_30)],
         extra_rules=[trusted_rule(origins, "acme")],
     )
     assert fetch(proxyd, origins, client_env, PARTNER_SOURCE) == 200
