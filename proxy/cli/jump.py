@@ -38,7 +38,13 @@ from proxy.core.jump import (
 )
 from proxy.core.sshkeys import BadKey, parse_key_file
 from proxy.core.users import BadUserInput, check_note, check_owner
-from proxy.effects.accounts import AccountExecutor, StateStore, is_managed, is_unmanaged
+from proxy.effects.accounts import (
+    AccountExecutor,
+    StateStore,
+    is_managed,
+    is_unmanaged,
+    publish_grants,
+)
 from proxy.effects.audit import operator
 from proxy.effects.resolver import ResolveError, addresses_now
 from proxy.effects.stdio import relay_stdio
@@ -112,7 +118,19 @@ def _execute(cfg: config.Config, steps: list[Step], args: argparse.Namespace) ->
         for step in steps:
             print(step)
         return
-    executor(cfg).run(steps, on_step=print if args.verbose else None)
+    try:
+        executor(cfg).run(steps, on_step=print if args.verbose else None)
+    finally:
+        _publish(cfg)
+
+
+def _publish(cfg: config.Config) -> None:
+    """After every change, whatever its outcome: the world-readable names and expiries
+    the proxy's metrics read. Not written is said; the change itself stands."""
+    try:
+        publish_grants(cfg.jump, StateStore(cfg.jump.state_dir).all()[0])
+    except OSError as e:
+        print(f"proxyd: {cfg.jump.grants_file}: not written (metrics stale): {e}", file=sys.stderr)
 
 
 def executor(cfg: config.Config) -> AccountExecutor:

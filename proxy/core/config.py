@@ -109,6 +109,7 @@ SCHEMA: Schema = {
         "ports": None,
         "gate": None,
         "permit_open_limit": None,
+        "grants_file": None,
     },
 }
 
@@ -204,6 +205,9 @@ class JumpConfig:
     ports: tuple[int, ...] = (22,)
     gate: Path | None = None  # the proxyd executable sshd runs; default: this one
     permit_open_limit: int = 65536
+    # What the proxy may know of jump accounts (names and expiries, for its metrics):
+    # written 0644 by `proxyd jump`, since state_dir is root's alone.
+    grants_file: Path = Path("/var/lib/proxyd/jump-grants.json")
 
 
 @dataclass(frozen=True)
@@ -569,6 +573,8 @@ class _Builder:
                 section, path, "permit_open_limit", _integer(1, 1_000_000), d.permit_open_limit
             )
             or d.permit_open_limit,
+            grants_file=c.field(section, path, "grants_file", self.path, d.grants_file)
+            or d.grants_file,
         )
 
     def limits(self, value: Any) -> Limits:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -116,6 +117,24 @@ def account_view(account: Account, now: float, within: float) -> GrantView:
         None,
         (("profile", account.profile), ("key", account.fingerprint)),
     )
+
+
+def format_grants(accounts: Iterable[Account]) -> bytes:
+    """What the proxy may know of jump accounts: each name and the first day refused.
+    No key, reason or owner: the file is readable by all, the state is root's."""
+    rows = {a.name: a.expires.isoformat() for a in sorted(accounts, key=lambda a: a.name)}
+    return json.dumps(rows, indent=1).encode()
+
+
+def parse_grants(data: bytes) -> dict[str, float]:
+    """Name -> expiry instant; ValueError when `data` is not what format_grants wrote."""
+    try:
+        rows = json.loads(data)
+        if not isinstance(rows, dict):
+            raise ValueError("not a JSON object")
+        return {str(name): parse_date(str(day)) for name, day in rows.items()}
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, BadUserInput) as e:
+        raise ValueError(f"not a jump grants file: {e}") from None
 
 
 def check_name(name: str, existing_unmanaged: bool) -> str:

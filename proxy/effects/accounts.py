@@ -23,6 +23,8 @@ from proxy.core.jump import (
     JumpError,
     Step,
     account_from_record,
+    format_grants,
+    parse_grants,
 )
 from proxy.effects.audit import AuditLog, operator
 from proxy.effects.files import atomic_write
@@ -94,6 +96,21 @@ class StateStore:
     def delete(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path(name).unlink()
+
+
+def publish_grants(config: JumpConfig, accounts: list[Account]) -> None:
+    """The names and expiries, world-readable, for the proxy's metrics (core/jump.py)."""
+    config.grants_file.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(config.grants_file, format_grants(accounts), mode=0o644)
+
+
+def read_grants(path: Path) -> dict[str, float]:
+    """What publish_grants wrote; {} when there is none or it cannot be read (a metric
+    left out, never a failed scrape)."""
+    try:
+        return parse_grants(path.read_bytes())
+    except (OSError, ValueError):
+        return {}
 
 
 class AccountExecutor:

@@ -23,6 +23,7 @@ from proxy.core import headerlimit
 from proxy.core.addresses import format_hostport
 from proxy.core.errors import ConfigError
 from proxy.core.records import Exchange
+from proxy.effects.accounts import read_grants
 from proxy.effects.files import atomic_write
 from proxy.effects.logfile import LogFile
 from proxy.engine.addon import ProxydAddon, TunnelLayers
@@ -253,6 +254,7 @@ def build_master(
             metrics.registry,
             lambda: addon.runtime.users.all(),
             lambda: addon.runtime.config.trusted_sources,
+            lambda: read_grants(addon.runtime.config.jump.grants_file),
         )
     access_log = LogFile(cfg.access_log.path)
     tunnels: dict[str, Exchange] = {}

@@ -23,19 +23,21 @@ DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 
 
 class GrantCollector(Collector):
-    """Each proxy user's and trusted source's expiry, and the grants by kind and state,
-    read from the users file and the config at scrape time. The `name` label is the one
-    place a user name is a label: the operator's list of grants bounds it, as it bounds
-    the users file. Jump accounts are not here: their state is root's, out of the proxy's
-    reach (`proxyd grants`, run as root, lists them)."""
+    """Each grant's expiry, and the grants by kind and state, read at scrape time: users
+    from the users file, trusted sources from the config, jump accounts from the file
+    `proxyd jump` publishes (names and expiries; their state is root's). The `name` label
+    is the one place a user name is a label: the operator's list of grants bounds it, as
+    it bounds the users file."""
 
     def __init__(
         self,
         users: Callable[[], Collection[UserSecrets]],
         trusted: Callable[[], Collection[TrustedSource]],
+        jump: Callable[[], dict[str, float]],
     ) -> None:
         self.users = users
         self.trusted = trusted
+        self.jump = jump
 
     def collect(self) -> Iterable[Metric]:
         now = time.time()
@@ -49,7 +51,8 @@ class GrantCollector(Collector):
         )
         grants = [("user", u.name, u.expires, u.locked) for u in self.users()]
         grants += [("trusted_source", t.name, t.expires, False) for t in self.trusted()]
-        for kind in ("user", "trusted_source"):
+        grants += [("jump", name, expires, False) for name, expires in self.jump().items()]
+        for kind in ("user", "trusted_source", "jump"):
             counts = dict.fromkeys(STATES, 0)
             for _, name, expires, locked in (g for g in grants if g[0] == kind):
                 counts[state_of(expires, locked, now)] += 1
@@ -65,6 +68,7 @@ def register_process_metrics(
     registry: CollectorRegistry,
     users: Callable[[], Collection[UserSecrets]],
     trusted: Callable[[], Collection[TrustedSource]] = tuple,
+    jump: Callable[[], dict[str, float]] = dict,
 ) -> None:
     """The users gauge, the grants and the build info: one per serving process, read at
     scrape time. Under `serve --workers N` the supervisor registers them (they can't be
@@ -72,7 +76,7 @@ def register_process_metrics(
     files)."""
     gauge = Gauge("proxyd_users", "Users configured (usable in the realm)", registry=registry)
     gauge.set_function(lambda: float(len(users())))
-    registry.register(GrantCollector(users, trusted))
+    registry.register(GrantCollector(users, trusted, jump))
     Info("proxyd_build", "proxyd build information", registry=registry).info(
         {"version": __version__}
     )

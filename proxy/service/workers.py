@@ -37,6 +37,7 @@ from proxy.core.config import Config
 from proxy.core.digest import UserSecrets
 from proxy.core.errors import ConfigError
 from proxy.core.policy import TrustedSource
+from proxy.effects.accounts import read_grants
 from proxy.effects.files import atomic_write
 from proxy.service.admin import AdminServer
 from proxy.service.metrics import register_process_metrics
@@ -94,10 +95,11 @@ class SupervisorMetrics:
         directory: Path,
         users: Callable[[], Collection[UserSecrets]],
         trusted: Callable[[], Collection[TrustedSource]],
+        jump: Callable[[], dict[str, float]],
     ) -> None:
         self.registry = CollectorRegistry()
         MultiProcessCollector(self.registry, path=str(directory))
-        register_process_metrics(self.registry, users, trusted)
+        register_process_metrics(self.registry, users, trusted, jump)
         self.workers = Gauge("proxyd_workers", "Worker processes serving", registry=self.registry)
         self.restarts = Counter(
             "proxyd_worker_restarts", "Workers started again after dying", registry=self.registry
@@ -123,6 +125,7 @@ class Supervisor:
             self.metrics_dir,
             lambda: self.runtime.users.all(),
             lambda: self.runtime.config.trusted_sources,
+            lambda: read_grants(self.runtime.config.jump.grants_file),
         )
         self.admin = AdminServer(self.metrics.registry, ready=self.all_ready)
         self.stopping = False

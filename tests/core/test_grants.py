@@ -48,7 +48,12 @@ def test_the_grant_metrics() -> None:
         UserSecrets("dave", "proxyd", {}),
     ]
     registry = CollectorRegistry()
-    register_process_metrics(registry, lambda: users, lambda: [_source("office", now + DAY)])
+    register_process_metrics(
+        registry,
+        lambda: users,
+        lambda: [_source("office", now + DAY)],
+        lambda: {"acme-alice": now + 30 * DAY},
+    )
     text = generate_latest(registry).decode()
     assert "proxyd_users 4.0" in text
     assert 'proxyd_grant_expiry_timestamp_seconds{kind="user",name="alice"} ' in text
@@ -56,6 +61,8 @@ def test_the_grant_metrics() -> None:
     for state, count in (("active", 2), ("expired", 1), ("locked", 1), ("expiring", 0)):
         assert f'proxyd_grants{{kind="user",state="{state}"}} {count}.0' in text
     assert 'proxyd_grants{kind="trusted_source",state="expiring"} 1.0' in text
+    assert 'proxyd_grants{kind="jump",state="active"} 1.0' in text
+    assert 'proxyd_grant_expiry_timestamp_seconds{kind="jump",name="acme-alice"}' in text
     assert 'proxyd_grant_expiry_timestamp_seconds{kind="trusted_source",name="office"}' in text
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,9 @@ from proxy.core.jump import (
     authorized_keys_line,
     check_expiry,
     check_name,
+    format_grants,
     parse_gate_command,
+    parse_grants,
     permit_open,
     plan_add,
     plan_sweep,
@@ -242,3 +245,12 @@ def test_gate_accepts_only_nc_host_port(command: str, expected: tuple[str, int])
 def test_gate_refuses_everything_else(command: str | None) -> None:
     with pytest.raises(JumpError):
         parse_gate_command(command)
+
+
+def test_the_published_grants_round_trip_and_refuse_junk() -> None:
+    text = format_grants([account("b-one"), account("a-two", expires="2027-01-02")])
+    assert json.loads(text) == {"a-two": "2027-01-02", "b-one": "2027-03-31"}
+    assert parse_grants(text)["a-two"] == 1798848000.0  # 2027-01-02T00:00Z
+    for junk in (b"", b"[]", b'{"x": "soon"}', b"\xff"):
+        with pytest.raises(ValueError):
+            parse_grants(junk)

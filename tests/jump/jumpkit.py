@@ -474,6 +474,7 @@ def base_config(targets: Targets, directory: Path, group: str, gate: Path) -> di
             "state_dir": str(directory / "state"),
             "keys_dir": str(keys_dir_for(group)),
             "audit_log": str(directory / "audit.log"),
+            "grants_file": str(directory / "jump-grants.json"),
             "rsa_min_bits": 3072,
             "ports": [targets.port, port_of(targets.jumponly)],
             "gate": str(gate),

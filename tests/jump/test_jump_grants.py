@@ -5,16 +5,19 @@ Real useradd/userdel/chage, as root, like the rest of tests/jump."""
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import pwd
 import re
+import stat
 
 import pytest
 from jumpkit import JumpHost, days_ahead, run, shadow_password, sweep_at, user_exists
 
 from proxy.core.config import JumpConfig
 from proxy.core.jump import Account, JumpError, plan_remove
-from proxy.effects.accounts import AccountExecutor
+from proxy.core.users import parse_date
+from proxy.effects.accounts import AccountExecutor, read_grants
 
 
 def _operator() -> str:
@@ -115,3 +118,19 @@ def test_destructive_steps_recheck_that_proxyd_manages_the_account(jump: JumpHos
         executor.run(plan_remove(account))
     assert user_exists(victim)
     assert shadow_password(victim) == shadow_before  # not locked either
+
+
+def test_names_and_expiries_are_published_for_the_proxys_metrics(jump: JumpHost) -> None:
+    """The proxy cannot read root's state: `proxyd jump` publishes what its metrics need,
+    world-readable, and nothing else (no key, reason or owner)."""
+    published = jump.directory / "jump-grants.json"
+    name, _ = jump.add("pub", expires=days_ahead(20))
+    assert json.loads(published.read_text()) == {name: days_ahead(20).isoformat()}
+    assert stat.S_IMODE(published.stat().st_mode) == 0o644
+    assert jump.proxyd("renew", name, "--expires", days_ahead(25).isoformat()).returncode == 0
+    assert read_grants(published) == {name: parse_date(days_ahead(25).isoformat())}
+    assert "jump test" not in published.read_text()  # the reason stays in root's state
+    assert jump.proxyd("remove", name, "--dry-run").returncode == 0
+    assert name in json.loads(published.read_text())  # a dry run changes nothing
+    assert jump.proxyd("remove", name).returncode == 0
+    assert json.loads(published.read_text()) == {}
